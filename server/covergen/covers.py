@@ -1,0 +1,235 @@
+"""CoverMaker: from (region, title) to a finished, cached cover. The one object the servicer calls.
+
+    validate -> resolve region -> stack adapters (+ theme overlays, weight overrides)
+      -> build prompt -> derive seed -> cache key -> ResultCache.get_or_generate(
+             acquire adapters -> Engine.submit -> encode image)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from covergen.adapters.registry import AdapterRegistry, AdapterSource
+from covergen.cache import CachedCover, CacheOutcome, ResultCache, cache_key
+from covergen.engine.batcher import Engine
+from covergen.engine.denoise import CoverJob
+from covergen.errors import InvalidRequest
+from covergen.prompts import PromptBuilder
+from covergen.regions import RegionResolver, Resolution, StyleWeight
+from covergen.requests import FORMATS, CoverRequest, GenerationSettings, Limits, validate
+from covergen.styles import StyleCard, StyleLibrary
+
+
+@dataclass(frozen=True)
+class AppliedAdapter:
+    name: str
+    version: str
+    weight: float
+
+
+@dataclass
+class Cover:
+    """A finished cover and everything decided on the way to it."""
+
+    image: bytes
+    mime_type: str
+    width: int
+    height: int
+    region_path: tuple[str, ...]
+    region_fallback: bool
+    adapters: tuple[AppliedAdapter, ...]
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance_scale: float
+    cache_outcome: CacheOutcome | None
+    base_model: str
+    request_id: str
+    style: str  # the primary style, for metrics and logs
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.cache_outcome in (CacheOutcome.HIT, CacheOutcome.COALESCED)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What will be generated for a request, before any model work."""
+
+    resolution: Resolution
+    stack: tuple[StyleWeight, ...]
+    cards: tuple[StyleCard, ...]
+    prompt: str
+    negative_prompt: str
+    seed: int
+    settings: GenerationSettings
+
+
+class CoverMaker:
+    """Turns validated requests into covers, through the cache and the engine."""
+
+    def __init__(
+        self,
+        *,
+        library: StyleLibrary,
+        resolver: RegionResolver,
+        prompts: PromptBuilder,
+        registry: AdapterRegistry,
+        engine: Engine,
+        cache: ResultCache | None,
+        limits: Limits,
+        base_model_id: str,
+        scheduler_name: str,
+    ) -> None:
+        self.library = library
+        self.resolver = resolver
+        self.prompts = prompts
+        self.registry = registry
+        self.engine = engine
+        self.cache = cache
+        self.limits = limits
+        self.base_model_id = base_model_id
+        self.scheduler_name = scheduler_name
+
+    def replace_styles(self, library: StyleLibrary, resolver: RegionResolver, prompts: PromptBuilder) -> None:
+        """Swap in a reloaded style library (admin ReloadStyles)."""
+        self.library, self.resolver, self.prompts = library, resolver, prompts
+
+    def plan(self, request: CoverRequest) -> Plan:
+        """Validate and decide everything that does not need the model."""
+        settings = validate(request, self.limits)
+        library, resolver = self.library, self.resolver
+        resolution = resolver.resolve(request.region)
+        stack = list(resolution.stack)
+        for theme in request.themes:
+            overlay = library.overlay_for_theme(theme)
+            if all(item.style != overlay.name for item in stack):
+                stack.append(StyleWeight(overlay.name, overlay.default_weight))
+        names = {item.style for item in stack}
+        unknown = sorted(set(request.adapter_weights) - names)
+        if unknown:
+            raise InvalidRequest(
+                f"adapter_weights names {', '.join(unknown)}, which is not in this request's stack "
+                f"({', '.join(sorted(names)) or 'empty'}); only adapters of the resolved stack can be reweighted"
+            )
+        stack = [StyleWeight(i.style, request.adapter_weights.get(i.style, i.weight)) for i in stack]
+        cards = tuple(library.get(item.style) for item in stack)
+        base = library.get("default")
+        built = self.prompts.build(request.title, base, cards)  # weight 0 drops the adapter, not the template
+        seed = request.seed if request.seed is not None else derive_seed(request, stack)
+        return Plan(resolution, tuple(stack), cards, built.prompt, built.negative_prompt, seed, settings)
+
+    async def make(self, request: CoverRequest, deadline: float | None = None) -> Cover:
+        """The cover for `request`; `deadline` is a time.monotonic() value or None."""
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex[:16]
+        plan = self.plan(request)
+        sources = [
+            (AdapterSource(card.name, path), item.weight)
+            for card, item in zip(plan.cards, plan.stack, strict=True)
+            if item.weight > 0 and (path := self.library.adapter_path(card)) is not None
+        ]
+        weights = await self.registry.acquire(source for source, _ in sources)
+        applied = tuple(AppliedAdapter(s.name, weights[s.name].version, w) for s, w in sources)
+        key = cache_key(
+            {
+                "base": self.base_model_id,
+                "adapters": [[a.name, a.version, a.weight] for a in applied],
+                "prompt": plan.prompt,
+                "negative": plan.negative_prompt,
+                "seed": plan.seed,
+                "width": plan.settings.width,
+                "height": plan.settings.height,
+                "steps": plan.settings.steps,
+                "guidance": plan.settings.guidance_scale,
+                "scheduler": self.scheduler_name,
+                "format": plan.settings.format,
+            }
+        )
+        timings: dict[str, float] = {}
+
+        async def generate() -> CachedCover:
+            job = CoverJob(
+                prompt=plan.prompt,
+                negative_prompt=plan.negative_prompt,
+                seed=plan.seed,
+                width=plan.settings.width,
+                height=plan.settings.height,
+                steps=plan.settings.steps,
+                guidance_scale=plan.settings.guidance_scale,
+                stack=tuple((weights[s.name], w) for s, w in sources),
+                deadline=deadline,
+            )
+            pixels = await self.engine.submit(job)
+            finished = time.monotonic()
+            timings["queue_ms"] = ((job.started_at or finished) - job.enqueued_at) * 1000
+            timings["generate_ms"] = (finished - (job.started_at or finished)) * 1000
+            encode_started = time.perf_counter()
+            image = await asyncio.to_thread(encode_image, pixels, plan.settings.format)
+            timings["encode_ms"] = (time.perf_counter() - encode_started) * 1000
+            return CachedCover(image=image, metadata={"width": int(pixels.shape[1]), "height": int(pixels.shape[0])})
+
+        outcome: CacheOutcome | None
+        if self.cache is None:
+            cached, outcome = await generate(), None
+        else:
+            cached, outcome = await self.cache.get_or_generate(key, generate)
+        timings.setdefault("queue_ms", 0.0)
+        timings.setdefault("generate_ms", 0.0)
+        timings.setdefault("encode_ms", 0.0)
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        primary = next((i.style for i in plan.stack if i.weight > 0), "default")
+        return Cover(
+            image=cached.image,
+            mime_type=FORMATS[plan.settings.format],
+            width=plan.settings.width,
+            height=plan.settings.height,
+            region_path=plan.resolution.path or ("default",),
+            region_fallback=plan.resolution.fallback,
+            adapters=applied,
+            prompt=plan.prompt,
+            negative_prompt=plan.negative_prompt,
+            seed=plan.seed,
+            steps=plan.settings.steps,
+            guidance_scale=plan.settings.guidance_scale,
+            cache_outcome=outcome,
+            base_model=self.base_model_id,
+            request_id=request_id,
+            style=primary,
+            timings_ms=timings,
+        )
+
+
+def derive_seed(request: CoverRequest, stack: list[StyleWeight]) -> int:
+    """A seed from what the cover shows (stack, title, variant): same request, same cover.
+
+    The raw region tag is left out on purpose: 杭州 and hangzhou (or two cities sharing a
+    stack) with the same title get the same cover, and share its cache entry.
+    """
+    material: list[Any] = [request.title, request.variant, [(i.style, i.weight) for i in stack]]
+    digest = hashlib.sha256(repr(material).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
+    """Encode [H, W, 3] uint8 pixels; PNG is lossless and byte-for-byte deterministic."""
+    image = Image.fromarray(pixels, mode="RGB")
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, format="PNG", optimize=False)
+    elif fmt == "jpeg":
+        image.save(buffer, format="JPEG", quality=90)
+    else:
+        image.save(buffer, format="WEBP", quality=90)
+    return buffer.getvalue()

@@ -1,0 +1,199 @@
+"""Per-sample LoRA: each sample of one UNet (or text-encoder) forward gets its own adapter stack.
+
+Base layers run once for the whole batch; forward hooks on the adapted Linear/Conv2d modules add
+`sum_i w_i * scale_i * B_i(A_i(x))` per sample. A stack's factors are concatenated along the rank
+(weights and scales folded into B), so a stack of any depth costs one pair of matmuls:
+
+    A_stack = cat(A_1, A_2, ...)                       # [R, in]
+    B_stack = cat(w_1 s_1 B_1, w_2 s_2 B_2, ...)       # [out, R]
+
+When every sample of a batch shares one stack the delta is two plain matmuls; otherwise factors
+are zero-padded to the batch's largest rank and gathered per sample for two batched matmuls.
+Nothing is copied into the base weights, so switching stacks costs no weight copy and no state
+leaks between batches.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from covergen.adapters.files import LoraWeights
+
+# One entry of a stack: an adapter and the weight to apply it at.
+StackItem = tuple[LoraWeights, float]
+
+
+def stack_signature(stack: Sequence[StackItem]) -> tuple[tuple[str, str, float], ...]:
+    """A hashable identity of a stack: names, content versions and weights."""
+    return tuple((w.name, w.version, float(weight)) for w, weight in stack if weight != 0.0)
+
+
+@dataclass
+class _ModulePlan:
+    """What one hooked module adds during the current forward."""
+
+    down: torch.Tensor  # shared: [R, in(,kh,kw)]; per-sample: [N, R, in(,kh,kw)]
+    up: torch.Tensor  # shared: [out, R(,1,1)];   per-sample: [N, out, R(,1,1)]
+    shared: bool
+    conv: nn.Conv2d | None
+
+
+class PerSampleLora:
+    """Hooks one model (UNet or text encoder) and applies per-sample adapter stacks to it."""
+
+    def __init__(self, model: nn.Module, target: str, max_cached_stacks: int = 64) -> None:
+        self.model = model
+        self.target = target  # "unet" or "text_encoder": the key into LoraWeights.factors
+        self._modules: dict[str, nn.Module] = {
+            name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
+        }
+        self._hooks: dict[str, RemovableHandle] = {}
+        self._plans: dict[str, _ModulePlan] = {}
+        self._stack_cache: OrderedDict[tuple, dict[str, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._max_cached = max_cached_stacks
+
+    def module_names(self) -> list[str]:
+        return list(self._modules)
+
+    def check_compatible(self, weights: LoraWeights) -> str | None:
+        """Why `weights` cannot apply to this model, or None when it fits."""
+        for name, factor in weights.factors.get(self.target, {}).items():
+            module = self._modules.get(name)
+            if module is None:
+                return f"{self.target} has no Linear/Conv2d module '{name}'"
+            if isinstance(module, nn.Linear):
+                expected_in, expected_out = module.in_features, module.out_features
+            else:
+                expected_in, expected_out = module.in_channels, module.out_channels
+            if factor.down.shape[1] != expected_in or factor.up.shape[0] != expected_out:
+                return (
+                    f"{self.target}.{name} expects [{expected_out} x {expected_in}] but the adapter has "
+                    f"down {list(factor.down.shape)} and up {list(factor.up.shape)}; "
+                    "was it trained for another base model?"
+                )
+        return None
+
+    def forget(self, name: str) -> None:
+        """Drop cached stacks that include adapter `name` (it was evicted or replaced)."""
+        for key in [k for k in self._stack_cache if any(item[0] == name for item in k)]:
+            del self._stack_cache[key]
+
+    # --- per batch -----------------------------------------------------------------------------
+
+    def activate(self, stacks: Sequence[Sequence[StackItem]], rows: Sequence[int]) -> None:
+        """Set the plan for the next forwards: sample `i` of the batch uses `stacks[rows[i]]`."""
+        self._plans.clear()
+        merged = [self._merged(stack) for stack in stacks]
+        module_names = {name for m in merged for name in m}
+        if not module_names:
+            return
+        shared = len(set(rows)) == 1
+        row_index = torch.tensor(list(rows), dtype=torch.long)
+        for name in module_names:
+            module = self._modules[name]
+            conv = module if isinstance(module, nn.Conv2d) else None
+            if shared:
+                factors = merged[rows[0]].get(name)
+                if factors is None:
+                    continue
+                self._plans[name] = _ModulePlan(factors[0], factors[1], True, conv)
+                continue
+            downs, ups = self._padded(merged, name, module)
+            index = row_index.to(downs.device)
+            self._plans[name] = _ModulePlan(downs[index], ups[index], False, conv)
+        self._ensure_hooks(module_names)
+
+    def deactivate(self) -> None:
+        self._plans.clear()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _merged(self, stack: Sequence[StackItem]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        key = stack_signature(stack)
+        cached = self._stack_cache.get(key)
+        if cached is not None:
+            self._stack_cache.move_to_end(key)
+            return cached
+        per_module: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for weights, weight in stack:
+            if weight == 0.0:
+                continue
+            for name, factor in weights.factors.get(self.target, {}).items():
+                downs, ups = per_module.setdefault(name, ([], []))
+                downs.append(factor.down)
+                ups.append(factor.up * (weight * factor.scale))
+        merged = {name: (torch.cat(d, dim=0), torch.cat(u, dim=1)) for name, (d, u) in per_module.items()}
+        self._stack_cache[key] = merged
+        if len(self._stack_cache) > self._max_cached:
+            self._stack_cache.popitem(last=False)
+        return merged
+
+    @staticmethod
+    def _padded(
+        merged: Sequence[dict[str, tuple[torch.Tensor, torch.Tensor]]], name: str, module: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        present = [m[name] for m in merged if name in m]
+        rank = max(d.shape[0] for d, _ in present)
+        ref_down, ref_up = present[0]
+        downs, ups = [], []
+        for m in merged:
+            down_shape = (rank, *ref_down.shape[1:])
+            up_shape = (ref_up.shape[0], rank, *ref_up.shape[2:])
+            down = ref_down.new_zeros(down_shape)
+            up = ref_up.new_zeros(up_shape)
+            if name in m:
+                d, u = m[name]
+                down[: d.shape[0]] = d
+                up[:, : u.shape[1]] = u
+            downs.append(down)
+            ups.append(up)
+        return torch.stack(downs), torch.stack(ups)  # [K, R, in...], [K, out, R...]
+
+    def _ensure_hooks(self, names: set[str]) -> None:
+        for name in names - self._hooks.keys():
+            self._hooks[name] = self._modules[name].register_forward_hook(self._make_hook(name))
+
+    def _make_hook(self, name: str):  # noqa: ANN202 - torch hook signature
+        plans = self._plans
+
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+            plan = plans.get(name)
+            if plan is None:
+                return None
+            return output + _delta(plan, inputs[0])
+
+        return hook
+
+
+def _delta(plan: _ModulePlan, x: torch.Tensor) -> torch.Tensor:
+    if plan.conv is None:
+        if plan.shared:
+            return F.linear(F.linear(x, plan.down), plan.up)
+        squeeze = x.dim() == 2
+        h = x.unsqueeze(1) if squeeze else x  # [N, T, in]
+        h = torch.bmm(h, plan.down.transpose(1, 2))  # [N, T, R]
+        h = torch.bmm(h, plan.up.transpose(1, 2))  # [N, T, out]
+        return h.squeeze(1) if squeeze else h
+    conv = plan.conv
+    if plan.shared:
+        h = F.conv2d(x, plan.down, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+        return F.conv2d(h, plan.up)
+    n = x.shape[0]  # grouped convolution: one group per sample
+    rank = plan.down.shape[1]
+    h = F.conv2d(
+        x.reshape(1, -1, *x.shape[2:]),  # [1, N*in, H, W]
+        plan.down.reshape(n * rank, *plan.down.shape[2:]),  # [N*R, in, kh, kw]
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=n,
+    )
+    h = F.conv2d(h, plan.up.reshape(-1, rank, *plan.up.shape[3:]), groups=n)  # [1, N*out, H', W']
+    return h.reshape(n, -1, *h.shape[2:])

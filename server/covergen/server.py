@@ -1,0 +1,296 @@
+"""The composition root: `build_service` wires settings into running parts, `serve` runs them.
+
+Settings -> base model -> Denoiser + Engine -> AdapterRegistry -> style library, regions,
+prompts -> ResultCache (Redis, embedded unless COVERGEN_REDIS_URL) -> Metrics -> CoverMaker ->
+servicers + health + reflection on one grpc.aio server. `Service.stop` drains: health turns
+NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get `drain_grace_s` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from covergen import __version__
+from covergen.adapters.registry import AdapterRegistry, RegistryObserver
+from covergen.admin import StyleAdmin
+from covergen.cache import ResultCache
+from covergen.covers import CoverMaker
+from covergen.engine.batcher import Engine, EngineObserver
+from covergen.engine.denoise import Denoiser
+from covergen.errors import ConfigError
+from covergen.metrics import Metrics
+from covergen.models import LoadedBase, load_base_model
+from covergen.prompts import PromptBuilder
+from covergen.redis_server import EmbeddedRedis
+from covergen.regions import RegionResolver
+from covergen.requests import CoverRequest, Limits
+from covergen.service import AdminServicer, CoverServicer, ServingState, _Calls
+from covergen.settings import Settings
+from covergen.styles import StyleLibrary
+from covergen.v1 import cover_pb2 as pb
+from covergen.v1 import cover_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = ("covergen.v1.CoverService", "covergen.v1.AdminService")
+
+
+class _MetricsObserver(EngineObserver, RegistryObserver):
+    """Forwards engine and registry events to Prometheus."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def queue_depth(self, depth: int) -> None:
+        self.metrics.set_queue_depth(depth)
+
+    def batch_ran(self, size: int, seconds: float) -> None:
+        self.metrics.observe_generation(seconds, batch_size=size)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.metrics.observe_queue_wait(seconds)
+
+    def adapter_loaded(self, name: str, seconds: float) -> None:
+        self.metrics.observe_adapter_load(seconds)
+
+    def adapter_evicted(self, name: str) -> None:
+        self.metrics.count_adapter_eviction()
+
+    def resident_count(self, count: int) -> None:
+        self.metrics.set_adapters_resident(count)
+
+
+def load_styles(styles_dir: Path, count_tokens: object | None = None):  # noqa: ANN201
+    """Read style cards, the regions table and the glossary from `styles_dir`."""
+    if not styles_dir.is_dir():
+        raise ConfigError(f"styles directory {styles_dir} does not exist; set COVERGEN_STYLES_DIR")
+    library = StyleLibrary.load(styles_dir)
+    resolver = RegionResolver.load(styles_dir / "regions.yaml", library)
+    prompts = PromptBuilder.load(
+        styles_dir / "glossary.yaml",
+        count_tokens=count_tokens,  # type: ignore[arg-type]
+        reserved_words=library.trigger_words(),
+    )
+    prompts.warm_up()  # jieba's dictionary: ~2 s here rather than on the first request
+    return library, resolver, prompts
+
+
+@dataclass
+class Service:
+    """Everything `serve` started, so tests and the CLI can stop it in order."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int
+    base: LoadedBase
+    engine: Engine
+    registry: AdapterRegistry
+    maker: CoverMaker
+    metrics: Metrics
+    health: health.aio.HealthServicer
+    state: ServingState
+    cache: ResultCache | None
+    embedded_redis: EmbeddedRedis | None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING, refuse new calls, let in-flight ones finish."""
+        if self.state.draining:
+            await self.stopped.wait()
+            return
+        grace = self.settings.drain_grace_s if grace is None else grace
+        self.state.draining = True
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("draining: up to %.1f s for in-flight requests", grace)
+        await self.server.stop(grace)
+        await asyncio.to_thread(self.engine.close, 5.0)
+        self.registry.close()
+        if self.cache is not None:
+            await self.cache.close()
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+        self.metrics.stop_http_server()
+        self.stopped.set()
+        log.info("stopped")
+
+
+def _count_tokens(base: LoadedBase):  # noqa: ANN202
+    tokenizer = base.pipeline.tokenizer
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+
+    return count
+
+
+async def build_service(settings: Settings) -> Service:
+    """Load the model and styles, start Redis and metrics, bind the gRPC port (not yet serving)."""
+    started = time.perf_counter()
+    base = await asyncio.to_thread(
+        load_base_model,
+        settings.base_model,
+        cache_dir=settings.resolved_cache_dir(),
+        device=settings.device,
+        dtype=settings.dtype,
+        config_dir=settings.base_model_config,
+    )
+    log.info("base model %s (%s) on %s/%s", base.source, base.content_id, base.device, base.dtype)
+    metrics = Metrics(base_model=base.content_id, device=str(base.device), queue_capacity=settings.max_queue)
+    observer = _MetricsObserver(metrics)
+    zero_mean = bool(getattr(base, "zero_mean_noise", False))
+    denoiser = Denoiser(base.pipeline, zero_mean_noise=zero_mean)
+    engine = Engine(
+        denoiser,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        observer=observer,
+    )
+    registry = AdapterRegistry(
+        module_names=denoiser.module_names(),
+        check=denoiser.check_compatible,
+        device=base.device,
+        dtype=base.dtype,
+        max_resident=settings.max_resident_adapters,
+        observer=observer,
+        on_evict=lambda name: engine.run_on_worker(lambda: denoiser.forget(name)),
+    )
+    count_tokens = _count_tokens(base)
+    library, resolver, prompts = load_styles(settings.styles_dir, count_tokens)
+
+    embedded_redis: EmbeddedRedis | None = None
+    cache: ResultCache | None = None
+    if settings.cache_enabled:
+        url = settings.redis_url
+        if url is None:
+            embedded_redis = EmbeddedRedis(
+                maxmemory=settings.embedded_redis_maxmemory, data_dir=settings.resolved_cache_dir() / "redis"
+            )
+            url = await asyncio.to_thread(embedded_redis.start)
+            log.info("embedded Redis at %s", url)
+        cache = ResultCache(
+            url,
+            metrics,
+            ttl_s=settings.cache_ttl_s,
+            socket_timeout_s=settings.redis_timeout_s,
+            connect_timeout_s=settings.redis_timeout_s,
+        )
+    limits = Limits(
+        max_title_bytes=settings.max_title_bytes,
+        max_size=settings.max_size,
+        default_size=base.default_size,
+        default_steps=settings.default_steps,
+        default_guidance=settings.default_guidance,
+    )
+    maker = CoverMaker(
+        library=library,
+        resolver=resolver,
+        prompts=prompts,
+        registry=registry,
+        engine=engine,
+        cache=cache,
+        limits=limits,
+        base_model_id=base.content_id,
+        scheduler_name=type(base.pipeline.scheduler).__name__,
+    )
+    engine.start()
+    await _warm_up(maker, limits)
+
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    state = ServingState()
+    calls = _Calls(metrics, state, settings.log_titles)
+    pb_grpc.add_CoverServiceServicer_to_server(CoverServicer(maker, calls), server)
+    admin = StyleAdmin(maker, registry, lambda: load_styles(settings.styles_dir, count_tokens))
+    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin, calls, settings.admin_token), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.host}:{settings.grpc_port}"
+    port = _bind(server, address, settings)
+    metrics_port = metrics.start_http_server(settings.metrics_port, settings.host)
+    log.info("ready in %.1f s", time.perf_counter() - started)
+    return Service(
+        settings=settings,
+        server=server,
+        port=port,
+        metrics_port=metrics_port,
+        base=base,
+        engine=engine,
+        registry=registry,
+        maker=maker,
+        metrics=metrics,
+        health=health_servicer,
+        state=state,
+        cache=cache,
+        embedded_redis=embedded_redis,
+    )
+
+
+def _bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:
+    if settings.tls_cert is None and settings.tls_key is None:
+        port = server.add_insecure_port(address)
+    else:
+        if settings.tls_cert is None or settings.tls_key is None:
+            raise ConfigError("TLS needs both COVERGEN_TLS_CERT and COVERGEN_TLS_KEY")
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {address}; set COVERGEN_GRPC_PORT to a free port")
+    return port
+
+
+async def _warm_up(maker: CoverMaker, limits: Limits) -> None:
+    """Run one tiny generation so the first real request does not pay for lazy set-up."""
+    request = CoverRequest(region="default", title="warm up", steps=1, width=64, height=64)
+    plan = maker.plan(request)
+    from covergen.engine.denoise import CoverJob
+
+    await maker.engine.submit(
+        CoverJob(plan.prompt, plan.negative_prompt, 0, 64, 64, 1, limits.default_guidance)
+    )
+
+
+async def start_service(settings: Settings) -> Service:
+    """Build the service and start serving; health turns SERVING."""
+    service = await build_service(settings)
+    await service.server.start()
+    for name in ("", *SERVICE_NAMES):
+        await service.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("covergen %s serving gRPC on :%d, metrics on :%d", __version__, service.port, service.metrics_port)
+    return service
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then drain and exit."""
+    service = await start_service(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await service.stop()
+
+
+__all__ = ["Service", "build_service", "pb", "serve", "start_service"]

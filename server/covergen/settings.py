@@ -1,0 +1,73 @@
+"""The one typed settings object of the service, read from `COVERGEN_*` environment variables.
+
+Built once by the CLI (`Settings()`) and passed down explicitly; nothing reads the environment
+at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment: `COVERGEN_<FIELD>` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="COVERGEN_", extra="forbid")
+
+    # --- model -------------------------------------------------------------------------------
+    base_model: str = Field(
+        "embedded",
+        description='"embedded" (tiny built-in model), a diffusers directory, or one .safetensors',
+    )
+    base_model_config: Path | None = Field(
+        None, description="config dir for a single-file base model (default: shipped SD 1.5)"
+    )
+    device: str = Field("auto", description='"auto", "cpu", "cuda", "cuda:1", ...')
+    dtype: str = Field("auto", description='"auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16"')
+    cache_dir: Path | None = Field(None, description="model cache (default: <repo>/.cache/covergen)")
+    styles_dir: Path = Field(REPO_ROOT / "styles", description="style cards, regions, glossary")
+
+    # --- generation defaults and limits ---------------------------------------------------------
+    default_steps: int = Field(20, ge=1, le=100)
+    default_guidance: float = Field(5.0, ge=1.0, le=20.0)
+    max_size: int = Field(1024, ge=64, le=2048, description="largest width/height in pixels")
+    max_title_bytes: int = Field(512, ge=16, le=4096)
+    max_resident_adapters: int = Field(32, ge=1, description="LRU limit of resident adapters")
+
+    # --- engine --------------------------------------------------------------------------------
+    max_batch: int = Field(4, ge=1, le=64)
+    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    max_queue: int = Field(64, ge=1, description="admission queue bound; beyond it RESOURCE_EXHAUSTED")
+
+    # --- network -------------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port; -1 is not allowed")
+    max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024)
+    drain_grace_s: float = Field(20.0, ge=0.0)
+    admin_token: str | None = Field(None, description="enables AdminService; clients send Bearer")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = Field(None, description="set to require client certificates (mTLS)")
+
+    # --- cache ---------------------------------------------------------------------------------
+    redis_url: str | None = Field(None, description="unset: start an embedded Redis server")
+    cache_enabled: bool = True
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    embedded_redis_maxmemory: str = "256mb"
+    redis_timeout_s: float = Field(0.1, gt=0.0, le=10.0)
+
+    # --- logs ----------------------------------------------------------------------------------
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    log_titles: bool = Field(True, description="false keeps article titles out of the logs")
+
+    def resolved_cache_dir(self) -> Path:
+        """The model cache folder: the setting, else `<repo>/.cache/covergen`."""
+        return self.cache_dir if self.cache_dir is not None else REPO_ROOT / ".cache" / "covergen"
