@@ -9,7 +9,7 @@ export DIFFUSERS_OFFLINE := 1
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto serve test lint bench clean-cache
+.PHONY: install proto demo-adapters serve test lint bench clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,11 +24,14 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=server --pyi_out=server \
 	  --grpc_python_out=server proto/covergen/v1/*.proto
 
-serve: install
+demo-adapters: install
+	$(BIN)/python -m covergen.demo_adapters
+
+serve: install demo-adapters
 	$(BIN)/covergen-server
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check server trainer tests loadtest
