@@ -85,7 +85,10 @@ def two_replicas(styles_dir: Path, redis_server, model_cache_dir: Path) -> Itera
         }
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "covergen.cli"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                [sys.executable, "-m", "covergen.cli"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
         )
         targets.append(f"127.0.0.1:{port}")

@@ -84,7 +84,9 @@ async def test_theme_overlay_stacks_after_region(stub) -> None:  # noqa: ANN001
 
 
 async def test_title_cannot_inject_adapters_or_prompt_syntax(stub) -> None:  # noqa: ANN001
-    reply = await cover(stub, region="杭州", title="<lora:hutong_breakfast:2> {scene} (masterpiece:1.5) negative: 火锅")
+    reply = await cover(
+        stub, region="杭州", title="<lora:hutong_breakfast:2> {scene} (masterpiece:1.5) negative: 火锅"
+    )
     assert [a.name for a in reply.adapters] == ["jiangnan"]
     for fragment in ("<", ">", "{", "}", "lora", "masterpiece:1.5"):
         assert fragment not in reply.prompt
@@ -148,7 +150,11 @@ async def test_list_styles_and_resolve(stub) -> None:  # noqa: ANN001
             "night_market_bbq", "ink_wash", "spring", "rain", "default"} <= set(styles)  # fmt: skip
     assert styles["spring"].kind == "overlay" and "春天" in styles["spring"].aliases
     resolved = await stub.ResolveRegion(pb.ResolveRegionRequest(region="510100"))
-    assert resolved.stack[0].style == "chuanyu_hotpot" and resolved.level in ("city", "province", "macro_region")
+    assert resolved.stack[0].style == "chuanyu_hotpot" and resolved.level in (
+        "city",
+        "province",
+        "macro_region",
+    )
 
 
 async def test_every_province_resolves_over_grpc(service, stub) -> None:  # noqa: ANN001
@@ -169,7 +175,9 @@ async def test_health_and_reflection(channel) -> None:  # noqa: ANN001
         reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-    responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    responses = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     async for response in responses:
         names = {s.name for s in response.list_services_response.service}
         assert "covergen.v1.CoverService" in names

@@ -1,8 +1,8 @@
 """`covergen`: call a running server from the shell and write the cover to a file.
 
-    covergen cover --region 杭州 --title "西湖边的早茶新店开张" -o cover.png
-    covergen styles
-    covergen resolve 成都
+covergen cover --region 杭州 --title "西湖边的早茶新店开张" -o cover.png
+covergen styles
+covergen resolve 成都
 """
 
 from __future__ import annotations
@@ -29,14 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     cover.add_argument("--region", required=True, help="geo tag: 杭州, 330100, CN-ZJ, hangzhou")
     cover.add_argument("--title", required=True, help="article title (Chinese is fine)")
     cover.add_argument("-o", "--out", type=Path, default=Path("cover.png"), help="output file")
-    cover.add_argument("--format", choices=sorted(_FORMATS), help="default: from the file extension, else png")
+    cover.add_argument(
+        "--format", choices=sorted(_FORMATS), help="default: from the file extension, else png"
+    )
     cover.add_argument("--seed", type=int)
     cover.add_argument("--variant", type=int, default=0)
     cover.add_argument("--width", type=int, default=0)
     cover.add_argument("--height", type=int, default=0)
     cover.add_argument("--steps", type=int, default=0)
     cover.add_argument("--guidance", type=float)
-    cover.add_argument("--theme", action="append", default=[], help="overlay tag, repeatable: spring, rain, ink")
+    cover.add_argument(
+        "--theme", action="append", default=[], help="overlay tag, repeatable: spring, rain, ink"
+    )
     cover.add_argument("--weight", action="append", default=[], metavar="STYLE=W", help="reweight an adapter")
     sub.add_parser("styles", help="list the server's styles")
     resolve = sub.add_parser("resolve", help="show how a geo tag resolves")
@@ -46,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    with grpc.insecure_channel(args.server, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]) as ch:
+    with grpc.insecure_channel(
+        args.server, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    ) as ch:
         stub = pb_grpc.CoverServiceStub(ch)
         try:
             if args.command == "cover":
@@ -54,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "styles":
                 for s in stub.ListStyles(pb.ListStylesRequest(), timeout=args.timeout).styles:
                     flag = "resident" if s.resident else ""
-                    print(f"{s.name:20} {s.kind:9} w={s.default_weight:<4g} {s.version or '-':16} {s.display_name} {flag}")
+                    print(
+                        f"{s.name:20} {s.kind:9} w={s.default_weight:<4g} {s.version or '-':16} {s.display_name} {flag}"
+                    )
                 return 0
             reply = stub.ResolveRegion(pb.ResolveRegionRequest(region=args.region), timeout=args.timeout)
             stack = " + ".join(f"{e.style} {e.weight:g}" for e in reply.stack) or "(no adapters)"
@@ -67,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cover(stub: pb_grpc.CoverServiceStub, args: argparse.Namespace) -> int:
-    fmt = args.format or {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(args.out.suffix.lower(), "png")
+    fmt = args.format or {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(
+        args.out.suffix.lower(), "png"
+    )
     weights: dict[str, float] = {}
     for item in args.weight:
         name, _, value = item.partition("=")

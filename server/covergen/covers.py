@@ -1,8 +1,8 @@
 """CoverMaker: from (region, title) to a finished, cached cover. The one object the servicer calls.
 
-    validate -> resolve region -> stack adapters (+ theme overlays, weight overrides)
-      -> build prompt -> derive seed -> cache key -> ResultCache.get_or_generate(
-             acquire adapters -> Engine.submit -> encode image)
+validate -> resolve region -> stack adapters (+ theme overlays, weight overrides)
+  -> build prompt -> derive seed -> cache key -> ResultCache.get_or_generate(
+         acquire adapters -> Engine.submit -> encode image)
 """
 
 from __future__ import annotations
@@ -178,7 +178,9 @@ class CoverMaker:
             encode_started = time.perf_counter()
             image = await asyncio.to_thread(encode_image, pixels, plan.settings.format)
             timings["encode_ms"] = (time.perf_counter() - encode_started) * 1000
-            return CachedCover(image=image, metadata={"width": int(pixels.shape[1]), "height": int(pixels.shape[0])})
+            return CachedCover(
+                image=image, metadata={"width": int(pixels.shape[1]), "height": int(pixels.shape[0])}
+            )
 
         outcome: CacheOutcome | None
         if self.cache is None:

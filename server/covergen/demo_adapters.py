@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from safetensors.torch import save_file
 
 from covergen.styles import StyleLibrary

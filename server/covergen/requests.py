@@ -75,7 +75,9 @@ def validate(request: CoverRequest, limits: Limits) -> GenerationSettings:
     height = _check_size("height", request.height or limits.default_size, limits.max_size)
     steps = request.steps or limits.default_steps
     if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
-        raise InvalidRequest(f"steps {steps} is outside [{STEPS_RANGE[0]}, {STEPS_RANGE[1]}]; 0 means the default")
+        raise InvalidRequest(
+            f"steps {steps} is outside [{STEPS_RANGE[0]}, {STEPS_RANGE[1]}]; 0 means the default"
+        )
     guidance = limits.default_guidance if request.guidance_scale is None else float(request.guidance_scale)
     if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1] or guidance != guidance:
         raise InvalidRequest(
@@ -93,13 +95,17 @@ def validate(request: CoverRequest, limits: Limits) -> GenerationSettings:
         )
     for name, weight in request.adapter_weights.items():
         if not _STYLE_NAME.match(name):
-            raise InvalidRequest(f"adapter_weights key '{name[:64]}' is not a style name (lowercase a-z, 0-9, _ or -)")
+            raise InvalidRequest(
+                f"adapter_weights key '{name[:64]}' is not a style name (lowercase a-z, 0-9, _ or -)"
+            )
         if not WEIGHT_RANGE[0] <= weight <= WEIGHT_RANGE[1] or weight != weight:
             raise InvalidRequest(
                 f"adapter_weights['{name}'] = {weight} is outside [{WEIGHT_RANGE[0]:g}, {WEIGHT_RANGE[1]:g}]; "
                 "0 switches the adapter off"
             )
-    return GenerationSettings(width=width, height=height, steps=steps, guidance_scale=guidance, format=request.format)
+    return GenerationSettings(
+        width=width, height=height, steps=steps, guidance_scale=guidance, format=request.format
+    )
 
 
 def _check_text(name: str, value: str, max_bytes: int) -> None:

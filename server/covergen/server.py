@@ -278,7 +278,9 @@ async def start_service(settings: Settings) -> Service:
     await service.server.start()
     for name in ("", *SERVICE_NAMES):
         await service.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("covergen %s serving gRPC on :%d, metrics on :%d", __version__, service.port, service.metrics_port)
+    log.info(
+        "covergen %s serving gRPC on :%d, metrics on :%d", __version__, service.port, service.metrics_port
+    )
     return service
 
 

@@ -101,7 +101,13 @@ class _Calls:
                     "%s %s",
                     rpc,
                     code.name,
-                    extra={"rpc": rpc, "code": code.name, "style": style, "ms": round(seconds * 1000, 2), **fields},
+                    extra={
+                        "rpc": rpc,
+                        "code": code.name,
+                        "style": style,
+                        "ms": round(seconds * 1000, 2),
+                        **fields,
+                    },
                 )
 
 
@@ -232,7 +238,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if not self.token:
-            raise PermissionDenied("admin RPCs are disabled; set COVERGEN_ADMIN_TOKEN on the server to enable them")
+            raise PermissionDenied(
+                "admin RPCs are disabled; set COVERGEN_ADMIN_TOKEN on the server to enable them"
+            )
         metadata = dict(context.invocation_metadata() or ())
         header = metadata.get("authorization", "")
         presented = header[7:] if isinstance(header, str) and header.startswith("Bearer ") else ""

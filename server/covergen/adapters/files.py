@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +78,7 @@ class LoraWeights:
 
 
 def read_lora_file(
-    path: Path, name: str, module_names: dict[str, Iterable[str]] | None = None
+    path: Path, name: str, module_names: Mapping[str, Iterable[str]] | None = None
 ) -> LoraWeights:
     """Read, check and normalise one adapter file.
 
@@ -116,7 +116,7 @@ def normalise_state_dict(
     tensors: dict[str, torch.Tensor],
     metadata: dict[str, str],
     name: str,
-    module_names: dict[str, Iterable[str]],
+    module_names: Mapping[str, Iterable[str]],
 ) -> dict[str, dict[str, LoraFactor]]:
     """Turn a LoRA state dict in any understood layout into target -> module -> factor."""
     if not tensors:
@@ -199,7 +199,7 @@ def _pattern_value(pattern: object, module: str, default: object) -> object:
 
 
 def _from_kohya(
-    tensors: dict[str, torch.Tensor], name: str, module_names: dict[str, Iterable[str]]
+    tensors: dict[str, torch.Tensor], name: str, module_names: Mapping[str, Iterable[str]]
 ) -> dict[str, dict[str, LoraFactor]]:
     lookup = {
         target: {module.replace(".", "_"): module for module in modules}

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -96,7 +97,9 @@ class AdapterRegistry:
         weights = read_lora_file(source.path, source.name, self._module_names)
         problem = self._check(weights)
         if problem is not None:
-            raise AdapterRejected(f"adapter '{source.name}' ({source.path.name}) does not fit the base model: {problem}")
+            raise AdapterRejected(
+                f"adapter '{source.name}' ({source.path.name}) does not fit the base model: {problem}"
+            )
         return weights.to(self._device, self._dtype)
 
     def load(self, source: AdapterSource, *, replace: bool = False) -> LoraWeights:
@@ -156,8 +159,11 @@ class AdapterRegistry:
             loop = asyncio.get_running_loop()
             flight = asyncio.ensure_future(loop.run_in_executor(self._loader, self.load, source))
             self._loading[source.name] = flight
-            flight.add_done_callback(lambda _f, n=source.name: self._loading.pop(n, None))
+            flight.add_done_callback(partial(self._loading_done, source.name))
         return await asyncio.shield(flight)
+
+    def _loading_done(self, name: str, _future: asyncio.Future[LoraWeights]) -> None:
+        self._loading.pop(name, None)
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
 from covergen.engine.lora_layers import PerSampleLora, StackItem, stack_signature
 from covergen.errors import Cancelled, CovergenError, DeadlineExceeded, Overloaded
@@ -59,10 +59,18 @@ JobOutcome = np.ndarray | CovergenError
 class Denoiser:
     """Owns the pipeline's modules for generation. Only the engine's worker thread calls `run`."""
 
-    def __init__(self, pipeline: StableDiffusionPipeline, zero_mean_noise: bool = False) -> None:
+    def __init__(
+        self,
+        pipeline: StableDiffusionPipeline,
+        zero_mean_noise: bool = False,
+        *,
+        fuse_shared_stacks: bool = False,
+    ) -> None:
+        """`fuse_shared_stacks`: run a batch whose jobs all share one adapter stack on fused weight
+        copies instead of LoRA hooks (see `lora_layers`); mixed batches always use the hooks."""
         self.pipeline = pipeline
-        self.unet_lora = PerSampleLora(pipeline.unet, "unet")
-        self.text_lora = PerSampleLora(pipeline.text_encoder, "text_encoder")
+        self.unet_lora = PerSampleLora(pipeline.unet, "unet", fuse_shared=fuse_shared_stacks)
+        self.text_lora = PerSampleLora(pipeline.text_encoder, "text_encoder", fuse_shared=fuse_shared_stacks)
         self.zero_mean_noise = zero_mean_noise
         self.device = pipeline.unet.device
         self.dtype = pipeline.unet.dtype
@@ -81,7 +89,12 @@ class Denoiser:
     def initial_latents(self, job: CoverJob) -> torch.Tensor:
         """The starting noise of one job, from its seed alone: [1, 4, h/8, w/8]."""
         generator = torch.Generator("cpu").manual_seed(job.seed)
-        shape = (1, self.pipeline.unet.config.in_channels, job.height // self.vae_scale, job.width // self.vae_scale)
+        shape = (
+            1,
+            self.pipeline.unet.config.in_channels,
+            job.height // self.vae_scale,
+            job.width // self.vae_scale,
+        )
         latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         if self.zero_mean_noise:
             latents = latents - latents.mean(dim=(2, 3), keepdim=True)
@@ -114,7 +127,9 @@ class Denoiser:
 
         scheduler = type(self.pipeline.scheduler).from_config(self.pipeline.scheduler.config)
         scheduler.set_timesteps(jobs[0].steps, device=self.device)
-        latents = torch.cat([self.initial_latents(j) for j in jobs]) * scheduler.init_noise_sigma  # [n, 4, h/8, w/8]
+        latents = (
+            torch.cat([self.initial_latents(j) for j in jobs]) * scheduler.init_noise_sigma
+        )  # [n, 4, h/8, w/8]
         guidance = torch.tensor([j.guidance_scale for j in jobs], device=self.device, dtype=self.dtype)
         guidance = guidance.view(n, 1, 1, 1)
         outcomes: list[JobOutcome | None] = [None] * n

@@ -9,8 +9,15 @@ Base layers run once for the whole batch; forward hooks on the adapted Linear/Co
 
 When every sample of a batch shares one stack the delta is two plain matmuls; otherwise factors
 are zero-padded to the batch's largest rank and gathered per sample for two batched matmuls.
-Nothing is copied into the base weights, so switching stacks costs no weight copy and no state
-leaks between batches.
+Nothing is written into the base weights, so no state leaks between batches.
+
+With `fuse_shared=True` a batch whose samples all share one stack runs on fused copies instead:
+each adapted module's weight is swapped, for that batch only, for a new tensor
+`W + B_stack A_stack` and the original tensor object is put back by `deactivate` (never an
+in-place add and subtract, so nothing drifts). That trades one weight-sized matmul per adapted
+module per batch for the hooks' per-forward cost: a win when forwards are dispatch-bound (small
+models, GPUs, many steps), a loss when the fuse is as dear as the steps it saves (a large UNet on
+a CPU at few steps). Mixed batches always use the hooks.
 """
 
 from __future__ import annotations
@@ -48,9 +55,13 @@ class _ModulePlan:
 class PerSampleLora:
     """Hooks one model (UNet or text encoder) and applies per-sample adapter stacks to it."""
 
-    def __init__(self, model: nn.Module, target: str, max_cached_stacks: int = 64) -> None:
+    def __init__(
+        self, model: nn.Module, target: str, max_cached_stacks: int = 64, *, fuse_shared: bool = False
+    ) -> None:
         self.model = model
         self.target = target  # "unet" or "text_encoder": the key into LoraWeights.factors
+        self.fuse_shared = fuse_shared
+        self._originals: dict[str, nn.Parameter] = {}  # module -> its own weight while a fused copy runs
         self._modules: dict[str, nn.Module] = {
             name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
         }
@@ -89,12 +100,15 @@ class PerSampleLora:
 
     def activate(self, stacks: Sequence[Sequence[StackItem]], rows: Sequence[int]) -> None:
         """Set the plan for the next forwards: sample `i` of the batch uses `stacks[rows[i]]`."""
-        self._plans.clear()
+        self.deactivate()
         merged = [self._merged(stack) for stack in stacks]
         module_names = {name for m in merged for name in m}
         if not module_names:
             return
         shared = len(set(rows)) == 1
+        if shared and self.fuse_shared:
+            self._fuse(merged[rows[0]])
+            return
         row_index = torch.tensor(list(rows), dtype=torch.long)
         for name in module_names:
             module = self._modules[name]
@@ -111,7 +125,11 @@ class PerSampleLora:
         self._ensure_hooks(module_names)
 
     def deactivate(self) -> None:
+        """Back to the base model: no plan, every fused weight swapped back for the original."""
         self._plans.clear()
+        for name, original in self._originals.items():
+            self._modules[name].weight = original
+        self._originals.clear()
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -134,6 +152,18 @@ class PerSampleLora:
         if len(self._stack_cache) > self._max_cached:
             self._stack_cache.popitem(last=False)
         return merged
+
+    def _fuse(self, merged: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for name, (down, up) in merged.items():
+            module = self._modules[name]
+            original = module.weight  # [out, in] or [out, in, kh, kw]
+            if isinstance(module, nn.Conv2d):  # up [out, R, 1, 1] @ down [R, in, kh, kw]
+                delta = (up.flatten(1) @ down.flatten(1)).view_as(original)
+                fused = original.detach() + delta
+            else:
+                fused = torch.addmm(original.detach(), up, down)  # [out, in]
+            self._originals[name] = original
+            module.weight = nn.Parameter(fused, requires_grad=False)
 
     @staticmethod
     def _padded(
