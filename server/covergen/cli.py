@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"covergen-server: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # load-time progress bars would garble JSON logs
     from covergen.server import serve  # heavy imports only after settings are valid
 
     try:
