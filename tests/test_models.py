@@ -318,7 +318,7 @@ def test_export_refuses_unfused_lora_layers(module_cache: Path, tmp_path: Path) 
 
 
 def test_unknown_embedded_name_lists_the_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"embedded, embedded:tiny"):
+    with pytest.raises(ConfigError, match=r"embedded:tiny"):
         load_base_model("embedded:sdxl", cache_dir=tmp_path, device="cpu")
 
 
