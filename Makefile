@@ -9,7 +9,7 @@ export DIFFUSERS_OFFLINE := 1
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto demo-adapters serve test lint bench clean-cache
+.PHONY: install proto demo-adapters serve test lint bench-engine bench-trainer loadgen soak embedded-model contact-sheet clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,31 @@ test: install
 lint: install
 	$(BIN)/ruff check server trainer tests loadtest
 	$(BIN)/mypy server/covergen trainer
+
+# --- benchmarks and builds (not part of `make test`) --------------------------------------
+bench-engine: install
+	$(BIN)/python loadtest/bench_engine.py --size 64
+
+bench-trainer: install
+	$(BIN)/python loadtest/bench_trainer.py --arch tiny
+
+loadgen: install
+	$(BIN)/python -m loadtest.loadgen --spawn-server --concurrency 16 --duration 20 --warmup 64 \
+	  --repeat-fraction 1.0 --steps 4 --ceiling
+
+soak: install
+	$(BIN)/python -m loadtest.soak
+
+# Rebuild the committed embedded regional model (single-threaded, reproducible; ~30 min here).
+embedded-model: install
+	rm -rf .cache/regional-build
+	$(BIN)/python -m covergen.models.regional build --out .cache/regional-build/stage1
+	rm -rf server/covergen/embedded/regional-v1
+	$(BIN)/python -m covergen.models.regional refine --model .cache/regional-build/stage1 \
+	  --out server/covergen/embedded/regional-v1
+
+contact-sheet: install
+	$(BIN)/python -m covergen.models.regional sheet --out docs/contact-sheet.png
 
 clean-cache:
 	rm -rf .cache

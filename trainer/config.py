@@ -15,6 +15,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from covergen.errors import ConfigError
+from covergen.models.tiny import is_embedded_spec
 
 # Short names content staff see in tutorials (CLIP/transformers naming) -> diffusers UNet names.
 TARGET_MODULE_ALIASES: dict[str, str] = {
@@ -106,8 +107,12 @@ class TrainConfig(BaseModel):
         return v
 
     @field_validator(
-        "batch_size", "epochs", "gradient_accumulation_steps", "save_steps",
-        "checkpoints_to_keep", "sample_steps",
+        "batch_size",
+        "epochs",
+        "gradient_accumulation_steps",
+        "save_steps",
+        "checkpoints_to_keep",
+        "sample_steps",
     )
     @classmethod
     def _positive_int(cls, v: int, info: Any) -> int:
@@ -195,7 +200,7 @@ class TrainConfig(BaseModel):
         """
         if self.resolution is not None:
             return self.resolution
-        return EMBEDDED_RESOLUTION if self.base_model == EMBEDDED_BASE else DEFAULT_RESOLUTION
+        return EMBEDDED_RESOLUTION if is_embedded_spec(self.base_model) else DEFAULT_RESOLUTION
 
     @property
     def effective_text_encoder_lr(self) -> float:
@@ -235,7 +240,7 @@ def _resolve_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     if isinstance(resume, str) and resume:
         out["resume"] = str((folder / Path(resume).expanduser()).resolve())
     base = out.get("base_model")
-    if isinstance(base, str) and base != EMBEDDED_BASE and not Path(base).is_absolute():
+    if isinstance(base, str) and not is_embedded_spec(base) and not Path(base).is_absolute():
         candidate = (folder / base).resolve()
         out["base_model"] = str(candidate)
     return out

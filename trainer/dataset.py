@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +63,15 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def read_metadata(metadata_path: Path) -> dict[str, tuple[str, bool]]:
-    """`file -> (caption, draft)` from a `file,caption[,draft]` CSV."""
-    with metadata_path.open(encoding="utf-8-sig", newline="") as handle:
+    """`file -> (caption, draft)` from a `file,caption[,draft]` CSV (UTF-8, with or without BOM)."""
+    try:
+        text = metadata_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{metadata_path} is not UTF-8 (byte {exc.start} cannot be decoded); save it as "
+            "'CSV UTF-8' (Excel) or convert it, e.g. iconv -f GBK -t UTF-8"
+        ) from exc
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or [])
         if not {"file", "caption"} <= columns:
@@ -92,7 +100,9 @@ def read_records(train_data_dir: Path, metadata_path: Path | None) -> tuple[list
         rows = read_metadata(metadata_path)
         for name, (caption, draft) in rows.items():
             path = train_data_dir / name
-            if not path.is_file():
+            if Path(name).name != name:
+                problems.append(f"{name}: file names in {metadata_path.name} must not contain folders; skipped")
+            elif not path.is_file():
                 problems.append(f"{name}: listed in {metadata_path.name} but the file is missing")
             elif not caption:
                 problems.append(f"{name}: empty caption in {metadata_path.name}; write one")

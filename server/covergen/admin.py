@@ -48,16 +48,21 @@ class StyleAdmin:
             library, resolver, prompts = await asyncio.to_thread(self.load_styles)
             report = ReloadReport(style_count=len(library))
             for card in library:
-                path = library.adapter_path(card)
-                resident = self.registry.get_resident(card.name)
-                if path is None or resident is None:
-                    continue  # not resident: the next request loads the new file
+                resident = self.registry.current(card.name)
+                if resident is None:
+                    continue  # not in use: the next request loads (and checks) the new file
                 try:
+                    path = library.adapter_path(card)
+                    if path is None:
+                        self.registry.release(card.name)
+                        continue
                     weights = await asyncio.to_thread(self.registry.read, AdapterSource(card.name, path))
                 except CovergenError as exc:
+                    self.registry.retain(resident)
                     report.rejected.append(f"{card.name}: {exc}")
                     log.warning("reload kept the previous version of %s: %s", card.name, exc)
                     continue
+                self.registry.release(card.name)
                 if weights.version != resident.version:
                     self.registry.install(weights)
                     report.reloaded.append(card.name)

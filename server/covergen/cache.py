@@ -152,6 +152,23 @@ class _Flight:
     waiters: int = 0
 
 
+def _unless_cancelled(generate: Callable[[], Awaitable[CachedCover]]) -> Callable[[], Awaitable[CachedCover]]:
+    """`generate`, refusing to start in a task whose cancellation was dropped.
+
+    redis-py sends commands through `asyncio.wait_for`, which on Python 3.11 returns the result
+    and drops a cancellation that arrives as the send completes. A flight cancelled there (all its
+    callers left) would otherwise go on to generate a cover nobody waits for.
+    """
+
+    async def run() -> CachedCover:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+        return await generate()
+
+    return run
+
+
 def _redacted(url: str) -> str:
     """host:port/db of a redis URL, without credentials, for logs."""
     parts = urlsplit(url)
@@ -256,6 +273,7 @@ class ResultCache:
     async def _resolve(
         self, key: str, generate: Callable[[], Awaitable[CachedCover]]
     ) -> tuple[CachedCover, CacheOutcome]:
+        generate = _unless_cancelled(generate)
         if not self._breaker.allows_call():
             return await generate(), CacheOutcome.BYPASS
         token = secrets.token_hex(16)
@@ -347,7 +365,13 @@ class ResultCache:
             return None
 
     async def _try_lock(self, key: str, token: str) -> bool:
-        locked = await self._call(self._redis.set(_lock_key(key), token, nx=True, px=self._lock_ttl_ms))
+        try:
+            locked = await self._call(self._redis.set(_lock_key(key), token, nx=True, px=self._lock_ttl_ms))
+        except asyncio.CancelledError:
+            # The SET may have reached Redis: free the lock if it is ours, or the caller's retry of
+            # this very cover would wait out lock_ttl_s for a holder that is gone.
+            await asyncio.shield(self._release(key, token))
+            raise
         return bool(locked)
 
     async def _release(self, key: str, token: str) -> None:

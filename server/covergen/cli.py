@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.disable_progress_bar()  # load-time progress bars would garble JSON logs
     from covergen.server import serve  # heavy imports only after settings are valid
 
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
     try:
         asyncio.run(serve(settings))
     except ConfigError as exc:

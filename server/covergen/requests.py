@@ -94,7 +94,7 @@ def validate(request: CoverRequest, limits: Limits) -> GenerationSettings:
             f"adapter_weights has {len(request.adapter_weights)} entries; at most {MAX_WEIGHT_OVERRIDES} are allowed"
         )
     for name, weight in request.adapter_weights.items():
-        if not _STYLE_NAME.match(name):
+        if not _STYLE_NAME.fullmatch(name):  # match() would let a trailing newline through
             raise InvalidRequest(
                 f"adapter_weights key '{name[:64]}' is not a style name (lowercase a-z, 0-9, _ or -)"
             )

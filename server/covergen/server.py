@@ -9,6 +9,7 @@ NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get `drain_grace_s` to f
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import signal
 import time
@@ -112,7 +113,11 @@ class Service:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("draining: up to %.1f s for in-flight requests", grace)
-        await self.server.stop(grace)
+        started = time.monotonic()
+        # The port stays open until in-flight calls finish, so health checks read NOT_SERVING
+        # and new calls get UNAVAILABLE from the servicer rather than a refused connection.
+        await self.state.wait_idle(grace)
+        await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
         await asyncio.to_thread(self.engine.close, 5.0)
         self.registry.close()
         if self.cache is not None:
@@ -125,7 +130,10 @@ class Service:
 
 
 def _count_tokens(base: LoadedBase):  # noqa: ANN202
-    tokenizer = base.pipeline.tokenizer
+    # A private copy: a fast tokenizer keeps padding and truncation settings on its shared Rust
+    # backend, and the engine thread encodes padded batches with the pipeline's tokenizer while
+    # requests are being planned on the event loop.
+    tokenizer = copy.deepcopy(base.pipeline.tokenizer)
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)

@@ -7,18 +7,21 @@ also counts the call, logs it and refuses new work while the server drains.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 
 from covergen.covers import Cover, CoverMaker
 from covergen.errors import (
+    AdapterRejected,
     Cancelled,
+    ConfigError,
     CovergenError,
     DeadlineExceeded,
     Draining,
@@ -44,9 +47,35 @@ _FORMATS = {
 
 @dataclass
 class ServingState:
-    """Shared by servicers and the composition root: set `draining` to refuse new work."""
+    """Shared by servicers and the composition root: set `draining` to refuse new work, then
+    `wait_idle` until the calls already admitted have finished."""
 
     draining: bool = False
+    inflight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count one call as in flight for the duration of the block."""
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for no admitted call to be in flight; True when idle."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
 
 class _Calls:
@@ -72,7 +101,8 @@ class _Calls:
             try:
                 if self.state.draining:
                     raise Draining("the server is draining for shutdown; retry on another replica")
-                result = await body()
+                with self.state.admitted():
+                    result = await body()
                 style = style_of(result)
                 return result
             except asyncio.CancelledError:
@@ -252,7 +282,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.ReloadStylesResponse:
         async def body() -> pb.ReloadStylesResponse:
             self._authorize(context)
-            report = await self.admin.reload()
+            try:
+                report = await self.admin.reload()
+            except ConfigError as exc:  # a broken styles/ is the caller's to fix, not a server bug
+                raise AdapterRejected(f"reload refused, the previous styles keep serving: {exc}") from exc
             return pb.ReloadStylesResponse(
                 reloaded=report.reloaded, rejected=report.rejected, style_count=report.style_count
             )

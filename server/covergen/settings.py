@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description='"auto", "cpu", "cuda", "cuda:1", ...')
     dtype: str = Field("auto", description='"auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16"')
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="intra-op CPU threads (unset: torch's default); 1 helps on busy CPUs"
+    )
     cache_dir: Path | None = Field(None, description="model cache (default: <repo>/.cache/covergen)")
     styles_dir: Path = Field(REPO_ROOT / "styles", description="style cards, regions, glossary")
 

@@ -70,6 +70,9 @@ class AdapterRegistry:
         self._resident: OrderedDict[str, LoraWeights] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, asyncio.Future[LoraWeights]] = {}
+        # last good versions of styles whose new file was rejected by a reload; served instead
+        # of the file on disk until a reload accepts a new version
+        self._retained: dict[str, LoraWeights] = {}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="covergen-adapter-loader")
 
     # --- queries -------------------------------------------------------------------------------
@@ -142,11 +145,31 @@ class AdapterRegistry:
             self._on_evict(name)
         return True
 
+    def current(self, name: str) -> LoraWeights | None:
+        """The version of `name` being served: resident, else retained after a rejected reload."""
+        with self._lock:
+            return self._resident.get(name) or self._retained.get(name)
+
+    def retain(self, weights: LoraWeights) -> None:
+        """Keep serving `weights` for its style although the file on disk was rejected."""
+        with self._lock:
+            self._retained[weights.name] = weights
+
+    def release(self, name: str) -> None:
+        """A new version of `name` was accepted: stop serving the retained one."""
+        with self._lock:
+            self._retained.pop(name, None)
+
     async def acquire(self, sources: Iterable[AdapterSource]) -> dict[str, LoraWeights]:
         """Resident weights for every source, loading missing ones on the loader thread."""
         out: dict[str, LoraWeights] = {}
         for source in sources:
             weights = self.get_resident(source.name)
+            if weights is None:
+                with self._lock:
+                    weights = self._retained.get(source.name)
+                if weights is not None:
+                    self.install(weights)
             if weights is None:
                 weights = await self._load_once(source)
             out[source.name] = weights

@@ -111,6 +111,7 @@ class Engine:
             return await asyncio.shield(pending.future)
         except asyncio.CancelledError:
             job.cancelled.set()
+            pending.future.cancel()  # nobody awaits it now; the worker's late result is dropped
             with self._cond:
                 if pending in self._pending:
                     self._pending.remove(pending)

@@ -1,0 +1,335 @@
+"""The embedded regional base model: the tiny SD layout trained on drawn regional scenes.
+
+`build_regional_model` reproduces the committed `covergen/embedded/regional-v1/` directory from
+nothing but code: it draws the scene mixture (`covergen.scenes`), trains the tiny VAE (same
+architecture as `covergen.models.tiny`), sets its `scaling_factor` to 1/std of the trained
+latents, then trains the tiny UNet on captions that name the styles, through the embedded
+model's own frozen CLIP tokenizer and text encoder. The result is saved as an ordinary diffusers
+directory in fp16 with a `covergen.json` beside `model_index.json` that asks for zero-mean
+starting noise (at 8x8 latents the noise's random per-channel mean would otherwise decide the
+colour cast, not the prompt).
+
+    python -m covergen.models.regional build --out server/covergen/embedded/regional-v1
+
+Training is single-threaded by default (`--threads 1`) so it is bit-reproducible on one CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from covergen.models.cache import default_cache_dir, publish_directory, staging_dir
+from covergen.models.tiny import EMBEDDED_SEED, REGIONAL_DIR, build_tiny_pipeline, tiny_unet, tiny_vae
+from covergen.scenes.captions import CaptionWriter
+from covergen.scenes.dataset import base_scene
+from covergen.scenes.render import REGIONAL_STYLES
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+COVERGEN_JSON = "covergen.json"  # covergen's own facts about a base model, beside model_index.json
+
+
+@dataclass(frozen=True)
+class RegionalRecipe:
+    """Every knob of the build; the defaults made the committed regional-v1."""
+
+    seed: int = 20_261_106
+    scenes: int = 4000  # drawn training images
+    vae_steps: int = 350
+    vae_batch: int = 16
+    vae_crop: int = 32  # VAE trains on random crops: a quarter of the cost, colours are local
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-6
+    unet_steps: int = 600
+    unet_batch: int = 64  # per-step overhead dominates this tiny UNet on CPU: big batches pay
+    unet_lr: float = 1e-3
+    unet_warmup: int = 50
+    caption_dropout: float = 0.10  # half empty captions, half served negative prompts
+
+
+def draw_training_set(recipe: RegionalRecipe, captions: CaptionWriter) -> tuple[torch.Tensor, list[str]]:
+    """The scene mixture as pixels [n, 3, 64, 64] in -1..1 and their captions."""
+    images, texts = [], []
+    for index in range(recipe.scenes):
+        scene = base_scene(index, recipe.seed, captions)
+        images.append(scene.image)
+        texts.append(scene.caption)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return pixels, texts
+
+
+def train_vae(pixels: torch.Tensor, recipe: RegionalRecipe) -> AutoencoderKL:
+    """The tiny VAE trained for reconstruction (MSE + a tiny KL term) on `pixels` [n, 3, 64, 64]."""
+    torch.manual_seed(recipe.seed)
+    vae = tiny_vae()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    started = time.perf_counter()
+    for step in range(recipe.vae_steps):
+        top, left = torch.randint(0, pixels.shape[-1] - recipe.vae_crop + 1, (2,), generator=generator).tolist()
+        rows = torch.randint(0, len(pixels), (recipe.vae_batch,), generator=generator)
+        batch = pixels[rows, :, top : top + recipe.vae_crop, left : left + recipe.vae_crop]  # [b, 3, c, c]
+        posterior = vae.encode(batch).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(latents).sample
+        loss = F.mse_loss(recon, batch) + recipe.vae_kl * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == recipe.vae_steps - 1:
+            log.info("vae step %d/%d loss %.4f (%.0f s)", step, recipe.vae_steps, loss.item(), time.perf_counter() - started)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """Posterior means of `pixels`: [n, 4, 8, 8], unscaled."""
+    return torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(256)])
+
+
+@torch.no_grad()
+def encode_texts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str]) -> torch.Tensor:
+    """Frozen CLIP hidden states of `texts`: [n, 77, 32]."""
+    out = []
+    for start in range(0, len(texts), 256):
+        ids = tokenizer(
+            texts[start : start + 256], padding="max_length", max_length=tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids
+        out.append(text_encoder(ids)[0])
+    return torch.cat(out)
+
+
+def train_unet(
+    latents: torch.Tensor, embeds: torch.Tensor, dropout_embeds: torch.Tensor,
+    scheduler: DDPMScheduler, recipe: RegionalRecipe, unet: UNet2DConditionModel | None = None,
+) -> UNet2DConditionModel:
+    """The tiny UNet (`unet` to continue one, else a fresh one) trained for epsilon prediction on
+    scaled `latents` [n, 4, 8, 8] given `embeds` [n, 77, 32]; a `caption_dropout` share of each
+    batch sees one of `dropout_embeds`."""
+    torch.manual_seed(recipe.seed + 1)
+    unet = tiny_unet() if unet is None else unet.train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / recipe.unet_warmup)
+        * 0.5 * (1 + math.cos(math.pi * min(1.0, step / recipe.unet_steps)))
+    )
+    generator = torch.Generator().manual_seed(recipe.seed + 2)
+    started = time.perf_counter()
+    for step in range(recipe.unet_steps):
+        rows = torch.randint(0, len(latents), (recipe.unet_batch,), generator=generator)
+        clean, context = latents[rows], embeds[rows].clone()  # [b, 4, 8, 8], [b, 77, 32]
+        dropped = torch.rand(recipe.unet_batch, generator=generator) < recipe.caption_dropout
+        choice = torch.randint(0, len(dropout_embeds), (recipe.unet_batch,), generator=generator)
+        context[dropped] = dropout_embeds[choice[dropped]]
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (recipe.unet_batch,), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
+        loss = F.mse_loss(predicted, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == recipe.unet_steps - 1:
+            log.info("unet step %d/%d loss %.4f (%.0f s)", step, recipe.unet_steps, loss.item(), time.perf_counter() - started)
+    return unet.eval()
+
+
+def build_regional_pipeline(recipe: RegionalRecipe, styles_dir: Path, cache_dir: Path) -> tuple[StableDiffusionPipeline, dict[str, float]]:
+    """Draw, train and assemble the regional pipeline (fp32, in memory) and the build's timings."""
+    timings: dict[str, float] = {}
+    tiny = build_tiny_pipeline(cache_dir, EMBEDDED_SEED)  # its tokenizer, text encoder, scheduler
+    tokenizer, text_encoder = tiny.tokenizer, tiny.text_encoder.eval()
+    captions = CaptionWriter(styles_dir)  # the builder's conservative token estimate: fast, never over
+    started = time.perf_counter()
+    pixels, texts = draw_training_set(recipe, captions)
+    timings["draw_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    vae = train_vae(pixels, recipe)
+    timings["vae_s"] = time.perf_counter() - started
+    raw = encode_latents(vae, pixels)  # [n, 4, 8, 8]
+    scaling = 1.0 / float(raw.std())
+    vae.register_to_config(scaling_factor=scaling)
+    log.info("vae latents std %.4f -> scaling_factor %.4f", 1.0 / scaling, scaling)
+
+    negatives = ["", *sorted({captions.served_negative(style) for style in (*REGIONAL_STYLES, "default")})]
+    embeds = encode_texts(tokenizer, text_encoder, texts)
+    dropout_embeds = encode_texts(tokenizer, text_encoder, negatives)
+    scheduler = DDPMScheduler.from_config(tiny.scheduler.config)
+    started = time.perf_counter()
+    unet = train_unet(raw * scaling, embeds, dropout_embeds, scheduler, recipe)
+    timings["unet_s"] = time.perf_counter() - started
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny.scheduler,
+        safety_checker=None,  # type: ignore[arg-type]  # diffusers documents None as allowed
+        feature_extractor=None,  # type: ignore[arg-type]
+        requires_safety_checker=False,
+    )
+    return pipeline, timings
+
+
+def train_decoder(vae: AutoencoderKL, pixels: torch.Tensor, latents: torch.Tensor, recipe: RegionalRecipe, steps: int) -> AutoencoderKL:
+    """Sharpen the VAE decoder on (latent crop -> pixel crop) pairs; the encoder, and so the
+    latent space the UNet learned, stays frozen. `latents` [n, 4, 8, 8] are `pixels`' unscaled means."""
+    parameters = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=recipe.vae_lr / 2)
+    generator = torch.Generator().manual_seed(recipe.seed + 5)
+    crop = recipe.vae_crop // 8  # latent cells per crop side
+    started = time.perf_counter()
+    for step in range(steps):
+        top, left = torch.randint(0, latents.shape[-1] - crop + 1, (2,), generator=generator).tolist()
+        rows = torch.randint(0, len(latents), (recipe.vae_batch,), generator=generator)
+        target = pixels[rows, :, 8 * top : 8 * (top + crop), 8 * left : 8 * (left + crop)]  # [b, 3, c, c]
+        recon = vae.decode(latents[rows, :, top : top + crop, left : left + crop]).sample
+        loss = F.mse_loss(recon, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == steps - 1:
+            log.info("decoder step %d/%d loss %.4f (%.0f s)", step, steps, loss.item(), time.perf_counter() - started)
+    return vae.eval()
+
+
+def refine_regional_pipeline(
+    model: Path, recipe: RegionalRecipe, styles_dir: Path, decoder_steps: int, unet_steps: int
+) -> StableDiffusionPipeline:
+    """Continue a built model on a fresh draw of the mixture (seed + 1): the VAE decoder for
+    `decoder_steps`, then the UNet for `unet_steps` on a new cosine cycle. Deterministic."""
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        model, dtype=torch.float32, use_safetensors=True, local_files_only=True,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    fresh = replace(recipe, seed=recipe.seed + 1, unet_steps=unet_steps, unet_warmup=20, unet_lr=recipe.unet_lr / 2)
+    captions = CaptionWriter(styles_dir)
+    pixels, texts = draw_training_set(fresh, captions)
+    raw = encode_latents(pipeline.vae.eval(), pixels)
+    vae = train_decoder(pipeline.vae, pixels, raw, fresh, decoder_steps)
+    scaling = float(vae.config.scaling_factor)
+    negatives = ["", *sorted({captions.served_negative(style) for style in (*REGIONAL_STYLES, "default")})]
+    embeds = encode_texts(pipeline.tokenizer, pipeline.text_encoder, texts)
+    dropout_embeds = encode_texts(pipeline.tokenizer, pipeline.text_encoder, negatives)
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    train_unet(raw * scaling, embeds, dropout_embeds, scheduler, fresh, unet=pipeline.unet)
+    pipeline.unet.eval()
+    return pipeline
+
+
+def save_regional_model(pipeline: StableDiffusionPipeline, target: Path, facts: dict[str, object]) -> Path:
+    """Publish `pipeline` in fp16 safetensors at `target` with `covergen.json` holding `facts`."""
+    staging = staging_dir(target)
+    pipeline.to(dtype=torch.float16).save_pretrained(staging, safe_serialization=True)
+    (staging / COVERGEN_JSON).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if target.exists():
+        raise FileExistsError(f"{target} exists; remove it to rebuild the regional model")
+    publish_directory(staging, target)
+    return target
+
+
+SHEET_REGIONS = (
+    ("hangzhou", "杭州"), ("suzhou", "苏州"), ("chengdu", "成都"), ("chongqing", "重庆"), ("beijing", "北京"),
+    ("guangzhou", "广州"), ("xiamen", "厦门"), ("harbin", "哈尔滨"), ("shanghai", "上海"),
+)
+SHEET_THEMES = (("hangzhou + rain", "杭州", "下雨"), ("hangzhou + ink", "杭州", "水墨"), ("chengdu + spring", "成都", "春天"))
+
+
+def render_contact_sheet(model: Path, styles_dir: Path, out: Path, seeds: int = 4) -> Path:
+    """A PNG grid: one row per region (and per region + theme), `seeds` covers each, 2x upscaled,
+    with the drawn-scene classifier's verdict under every cover."""
+    from PIL import Image, ImageDraw
+
+    from covergen.models.loading import load_base_model
+    from covergen.models.regional_check import RegionPainter
+    from covergen.scenes.classifier import classify
+
+    base = load_base_model(str(model), cache_dir=default_cache_dir(), device="cpu", dtype="fp32")
+    painter = RegionPainter(base, styles_dir)
+    rows = [(label, region, ()) for label, region in SHEET_REGIONS]
+    rows += [(label, region, (theme,)) for label, region, theme in SHEET_THEMES]
+    cell, label_width, caption = 128, 130, 12
+    sheet = Image.new("RGB", (label_width + seeds * cell, len(rows) * (cell + caption)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (label, region, themes) in enumerate(rows):
+        top = row * (cell + caption)
+        draw.text((4, top + cell // 2), label, fill="black")
+        for column, image in enumerate(painter.paint(region, range(seeds), themes=themes)):
+            left = label_width + column * cell
+            sheet.paste(Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST), (left, top))
+            draw.text((left + 2, top + cell), classify(image)[:18], fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the embedded regional base model.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="draw scenes, train VAE + UNet, save a diffusers dir")
+    build.add_argument("--out", type=Path, default=REGIONAL_DIR)
+    build.add_argument("--styles-dir", type=Path, default=REPO_ROOT / "styles")
+    build.add_argument("--cache-dir", type=Path, default=None)
+    build.add_argument("--threads", type=int, default=1, help="torch threads (1 is reproducible)")
+    build.add_argument("--vae-steps", type=int, default=RegionalRecipe.vae_steps)
+    build.add_argument("--unet-steps", type=int, default=RegionalRecipe.unet_steps)
+    build.add_argument("--scenes", type=int, default=RegionalRecipe.scenes)
+    sheet = commands.add_parser("sheet", help="render a contact sheet of region covers")
+    sheet.add_argument("--model", type=Path, default=REGIONAL_DIR)
+    sheet.add_argument("--styles-dir", type=Path, default=REPO_ROOT / "styles")
+    sheet.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "contact-sheet.png")
+    sheet.add_argument("--threads", type=int, default=1)
+    refine = commands.add_parser("refine", help="continue a built model's decoder and UNet")
+    refine.add_argument("--model", type=Path, required=True, help="a directory written by build")
+    refine.add_argument("--out", type=Path, required=True)
+    refine.add_argument("--styles-dir", type=Path, default=REPO_ROOT / "styles")
+    refine.add_argument("--threads", type=int, default=1)
+    refine.add_argument("--decoder-steps", type=int, default=200)
+    refine.add_argument("--unet-steps", type=int, default=500)
+    args = parser.parse_args(argv)
+    if args.command == "refine":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        torch.set_num_threads(args.threads)
+        facts = json.loads((args.model / COVERGEN_JSON).read_text(encoding="utf-8"))
+        recipe = RegionalRecipe(**facts["recipe"])
+        pipeline = refine_regional_pipeline(args.model, recipe, args.styles_dir, args.decoder_steps, args.unet_steps)
+        facts["refined"] = facts.get("refined", []) + [{"decoder_steps": args.decoder_steps, "unet_steps": args.unet_steps}]
+        save_regional_model(pipeline, args.out, facts)
+        log.info("wrote %s", args.out)
+        return 0
+    if args.command == "sheet":
+        torch.set_num_threads(args.threads)
+        print(f"wrote {render_contact_sheet(args.model, args.styles_dir, args.out)}")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    recipe = RegionalRecipe(vae_steps=args.vae_steps, unet_steps=args.unet_steps, scenes=args.scenes)
+    if args.out.exists():
+        parser.error(f"{args.out} exists; remove it first to rebuild")
+    pipeline, timings = build_regional_pipeline(recipe, args.styles_dir, args.cache_dir or default_cache_dir())
+    facts = {"zero_mean_noise": True, "default_size": 64, "recipe": recipe.__dict__}
+    save_regional_model(pipeline, args.out, facts)
+    log.info("wrote %s (%s)", args.out, ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
