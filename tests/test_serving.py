@@ -65,11 +65,10 @@ async def test_resolved_path_and_fallback(stub) -> None:  # noqa: ANN001
 
 
 async def test_same_request_same_bytes_and_variants_differ(service, stub) -> None:  # noqa: ANN001
-    from covergen.covers import CoverMaker
     from covergen.requests import CoverRequest
 
     first = await cover(stub, region="成都", title="火锅节开幕 determinism")
-    uncached = CoverMaker(**{**vars(service.maker), "cache": None})
+    uncached = service.maker.without_cache()
     again = await uncached.make(CoverRequest(region="成都", title="火锅节开幕 determinism"))
     assert again.image == first.image and again.seed == first.seed
     variant = await cover(stub, region="成都", title="火锅节开幕 determinism", variant=1)
