@@ -95,19 +95,36 @@ class _Calls:
         style_of: Callable[[T], str] = lambda _r: "",
     ) -> T:
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
         style = ""
+
+        def record(code: grpc.StatusCode) -> None:
+            # recorded before the status goes out, so a client that reads /metrics right after
+            # its call returns sees the call counted
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(rpc, code.name, style, seconds)
+            logged = fields if self.log_titles else {k: v for k, v in fields.items() if k != "title"}
+            log.info(
+                "%s %s",
+                rpc,
+                code.name,
+                extra={
+                    "rpc": rpc,
+                    "code": code.name,
+                    "style": style,
+                    "ms": round(seconds * 1000, 2),
+                    **logged,
+                },
+            )
+
         with self.metrics.track_inflight():
             try:
                 if self.state.draining:
                     raise Draining("the server is draining for shutdown; retry on another replica")
                 with self.state.admitted():
                     result = await body()
-                style = style_of(result)
-                return result
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
                 self.metrics.count_cancelled("cancelled")
+                record(grpc.StatusCode.CANCELLED)
                 raise
             except CovergenError as exc:
                 code = status_for(exc)
@@ -115,30 +132,19 @@ class _Calls:
                     self.metrics.count_cancelled("deadline")
                 elif isinstance(exc, Cancelled):
                     self.metrics.count_cancelled("cancelled")
+                record(code)
                 await context.abort(code, str(exc))
                 raise  # abort raises; this keeps type checkers satisfied
             except Exception:
-                code = grpc.StatusCode.INTERNAL
                 log.exception("%s failed with an unexpected error", rpc)
-                await context.abort(code, f"internal error in {rpc}; the server logs have the traceback")
-                raise
-            finally:
-                seconds = time.perf_counter() - started
-                self.metrics.observe_request(rpc, code.name, style, seconds)
-                if not self.log_titles:
-                    fields = {k: v for k, v in fields.items() if k != "title"}
-                log.info(
-                    "%s %s",
-                    rpc,
-                    code.name,
-                    extra={
-                        "rpc": rpc,
-                        "code": code.name,
-                        "style": style,
-                        "ms": round(seconds * 1000, 2),
-                        **fields,
-                    },
+                record(grpc.StatusCode.INTERNAL)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"internal error in {rpc}; the server logs have the traceback"
                 )
+                raise
+            style = style_of(result)
+            record(grpc.StatusCode.OK)
+            return result
 
 
 class CoverServicer(pb_grpc.CoverServiceServicer):
