@@ -9,7 +9,9 @@ Base layers run once for the whole batch; forward hooks on the adapted Linear/Co
 
 When every sample of a batch shares one stack the delta is two plain matmuls; otherwise factors
 are zero-padded to the batch's largest rank and gathered per sample for two batched matmuls.
-Nothing is written into the base weights, so no state leaks between batches.
+The second matmul accumulates into the layer's fresh output in place (`addmm_` / `baddbmm_`),
+saving a separate add and its allocation per hooked layer. Nothing is written into the base
+weights, so no state leaks between batches.
 
 With `fuse_shared=True` a batch whose samples all share one stack runs on fused copies instead:
 each adapted module's weight is swapped, for that batch only, for a new tensor
@@ -46,8 +48,10 @@ def stack_signature(stack: Sequence[StackItem]) -> tuple[tuple[str, str, float],
 class _ModulePlan:
     """What one hooked module adds during the current forward."""
 
-    down: torch.Tensor  # shared: [R, in(,kh,kw)]; per-sample: [N, R, in(,kh,kw)]
-    up: torch.Tensor  # shared: [out, R(,1,1)];   per-sample: [N, out, R(,1,1)]
+    down: torch.Tensor  # shared: [R, in(,kh,kw)]; per-sample Linear: [N, in, R] (A transposed);
+    #                     per-sample Conv2d: [N, R, in, kh, kw]
+    up: torch.Tensor  # shared: [out, R(,1,1)]; per-sample Linear: [N, R, out] (B transposed);
+    #                   per-sample Conv2d: [N * out, R, 1, 1] (grouped-conv weight)
     shared: bool
     conv: nn.Conv2d | None
 
@@ -109,7 +113,7 @@ class PerSampleLora:
         if shared and self.fuse_shared:
             self._fuse(merged[rows[0]])
             return
-        row_index = torch.tensor(list(rows), dtype=torch.long)
+        row_index: torch.Tensor | None = None
         for name in module_names:
             module = self._modules[name]
             conv = module if isinstance(module, nn.Conv2d) else None
@@ -119,9 +123,16 @@ class PerSampleLora:
                     continue
                 self._plans[name] = _ModulePlan(factors[0], factors[1], True, conv)
                 continue
-            downs, ups = self._padded(merged, name, module)
-            index = row_index.to(downs.device)
-            self._plans[name] = _ModulePlan(downs[index], ups[index], False, conv)
+            downs, ups_t = _padded(merged, name)  # [K, R, in...], [K, R, out...]
+            if row_index is None:
+                row_index = torch.tensor(list(rows), dtype=torch.long, device=downs.device)
+            down = downs.index_select(0, row_index)  # [N, R, in(,kh,kw)]
+            up_t = ups_t.index_select(0, row_index)  # [N, R, out(,1,1)]
+            if conv is None:  # bmm reads both factors transposed: lay A out that way once per batch
+                self._plans[name] = _ModulePlan(down.transpose(1, 2).contiguous(), up_t, False, None)
+            else:  # grouped-conv weight: [N, out, R, 1, 1] -> [N * out, R, 1, 1]
+                up = up_t.transpose(1, 2).reshape(-1, up_t.shape[1], *up_t.shape[3:])
+                self._plans[name] = _ModulePlan(down, up, False, conv)
         self._ensure_hooks(module_names)
 
     def deactivate(self) -> None:
@@ -141,13 +152,21 @@ class PerSampleLora:
             return cached
         per_module: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for weights, weight in stack:
-            if weight == 0.0:
+            factors = weights.factors.get(self.target, {})
+            if weight == 0.0 or not factors:
                 continue
-            for name, factor in weights.factors.get(self.target, {}).items():
+            # one foreach call scales every module's B: a new stack costs few kernel launches
+            scaled = torch._foreach_mul(
+                [f.up for f in factors.values()], [weight * f.scale for f in factors.values()]
+            )
+            for (name, factor), up in zip(factors.items(), scaled, strict=True):
                 downs, ups = per_module.setdefault(name, ([], []))
                 downs.append(factor.down)
-                ups.append(factor.up * (weight * factor.scale))
-        merged = {name: (torch.cat(d, dim=0), torch.cat(u, dim=1)) for name, (d, u) in per_module.items()}
+                ups.append(up)
+        merged = {
+            name: (d[0], u[0]) if len(d) == 1 else (torch.cat(d, dim=0), torch.cat(u, dim=1))
+            for name, (d, u) in per_module.items()
+        }
         self._stack_cache[key] = merged
         if len(self._stack_cache) > self._max_cached:
             self._stack_cache.popitem(last=False)
@@ -165,27 +184,6 @@ class PerSampleLora:
             self._originals[name] = original
             module.weight = nn.Parameter(fused, requires_grad=False)
 
-    @staticmethod
-    def _padded(
-        merged: Sequence[dict[str, tuple[torch.Tensor, torch.Tensor]]], name: str, module: nn.Module
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        present = [m[name] for m in merged if name in m]
-        rank = max(d.shape[0] for d, _ in present)
-        ref_down, ref_up = present[0]
-        downs, ups = [], []
-        for m in merged:
-            down_shape = (rank, *ref_down.shape[1:])
-            up_shape = (ref_up.shape[0], rank, *ref_up.shape[2:])
-            down = ref_down.new_zeros(down_shape)
-            up = ref_up.new_zeros(up_shape)
-            if name in m:
-                d, u = m[name]
-                down[: d.shape[0]] = d
-                up[:, : u.shape[1]] = u
-            downs.append(down)
-            ups.append(up)
-        return torch.stack(downs), torch.stack(ups)  # [K, R, in...], [K, out, R...]
-
     def _ensure_hooks(self, names: set[str]) -> None:
         for name in names - self._hooks.keys():
             self._hooks[name] = self._modules[name].register_forward_hook(self._make_hook(name))
@@ -193,28 +191,50 @@ class PerSampleLora:
     def _make_hook(self, name: str):  # noqa: ANN202 - torch hook signature
         plans = self._plans
 
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+        def hook(
+            module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> torch.Tensor | None:
             plan = plans.get(name)
             if plan is None:
                 return None
-            return output + _delta(plan, inputs[0])
+            return _add_delta(plan, inputs[0], output)
 
         return hook
 
 
-def _delta(plan: _ModulePlan, x: torch.Tensor) -> torch.Tensor:
+def _padded(
+    merged: Sequence[dict[str, tuple[torch.Tensor, torch.Tensor]]], name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One module's factors for K stacks, zero-padded to the largest rank (zeros add nothing)."""
+    present = next(m[name] for m in merged if name in m)
+    downs, ups_t = [], []
+    for m in merged:
+        down, up = m[name] if name in m else (present[0][:0], present[1][:, :0])  # absent: rank 0
+        downs.append(down)  # [R_k, in(,kh,kw)]
+        ups_t.append(up.transpose(0, 1))  # [R_k, out(,1,1)]
+    pad = torch.nn.utils.rnn.pad_sequence
+    return pad(downs, batch_first=True), pad(ups_t, batch_first=True)  # [K, R, in...], [K, R, out...]
+
+
+def _add_delta(plan: _ModulePlan, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """`output += delta(x)` in place; `output` is the layer's own fresh result."""
+    if not output.is_contiguous():  # never seen from Linear/Conv2d, but views below need it
+        output = output.contiguous()
     if plan.conv is None:
         if plan.shared:
-            return F.linear(F.linear(x, plan.down), plan.up)
+            h = F.linear(x, plan.down)  # [..., R]
+            output.view(-1, output.shape[-1]).addmm_(h.view(-1, h.shape[-1]), plan.up.t())
+            return output
         squeeze = x.dim() == 2
         h = x.unsqueeze(1) if squeeze else x  # [N, T, in]
-        h = torch.bmm(h, plan.down.transpose(1, 2))  # [N, T, R]
-        h = torch.bmm(h, plan.up.transpose(1, 2))  # [N, T, out]
-        return h.squeeze(1) if squeeze else h
+        out = output.unsqueeze(1) if squeeze else output  # [N, T, out], a view of output
+        h = torch.bmm(h, plan.down)  # [N, T, R] with down [N, in, R]
+        out.baddbmm_(h, plan.up)  # up: [N, R, out]
+        return output
     conv = plan.conv
     if plan.shared:
         h = F.conv2d(x, plan.down, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
-        return F.conv2d(h, plan.up)
+        return output.add_(F.conv2d(h, plan.up))
     n = x.shape[0]  # grouped convolution: one group per sample
     rank = plan.down.shape[1]
     h = F.conv2d(
@@ -225,5 +245,5 @@ def _delta(plan: _ModulePlan, x: torch.Tensor) -> torch.Tensor:
         dilation=conv.dilation,
         groups=n,
     )
-    h = F.conv2d(h, plan.up.reshape(-1, rank, *plan.up.shape[3:]), groups=n)  # [1, N*out, H', W']
-    return h.reshape(n, -1, *h.shape[2:])
+    h = F.conv2d(h, plan.up, groups=n)  # [1, N*out, H', W'] with up [N*out, R, 1, 1]
+    return output.add_(h.view(n, -1, *h.shape[2:]))
