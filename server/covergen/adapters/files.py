@@ -201,10 +201,15 @@ def _pattern_value(pattern: object, module: str, default: object) -> object:
 def _from_kohya(
     tensors: dict[str, torch.Tensor], name: str, module_names: Mapping[str, Iterable[str]]
 ) -> dict[str, dict[str, LoraFactor]]:
-    lookup = {
-        target: {module.replace(".", "_"): module for module in modules}
-        for target, modules in module_names.items()
-    }
+    lookup: dict[str, dict[str, str]] = {}
+    for target, modules in module_names.items():
+        names = lookup.setdefault(target, {})
+        for module in modules:
+            names[module.replace(".", "_")] = module
+            if target == "text_encoder" and not module.startswith("text_model."):
+                # kohya/A1111 files name CLIP modules `text_model_encoder_...`; transformers >= 5.6
+                # dropped the `text_model.` level from CLIPTextModel's module paths
+                names["text_model_" + module.replace(".", "_")] = module
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         stem, _, kind = key.partition(".")
