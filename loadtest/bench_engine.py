@@ -305,7 +305,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 def run_workload(args: argparse.Namespace, base: StableDiffusionPipeline, folder: Path) -> None:
     stacks = regional_stacks(args.stacks)
     adapters = sorted({name for stack in stacks for name, _ in stack})
-    files = {name: write_adapter(base.unet, folder / f"{name}.safetensors", args.rank, i) for i, name in enumerate(adapters)}
+    files = {
+        name: write_adapter(base.unet, folder / f"{name}.safetensors", args.rank, i)
+        for i, name in enumerate(adapters)
+    }
     requests = zipf_requests(args.requests, args.stacks, args.zipf, args.seed)
 
     plain = Denoiser(base)  # for initial latents only; it never activates an adapter
@@ -313,9 +316,13 @@ def run_workload(args: argparse.Namespace, base: StableDiffusionPipeline, folder
                                                        args.steps, GUIDANCE))  # fmt: skip
     arms: list[Arm] = []
     if "a" in args.arms:
-        arms.append(DiffusersArm("(a) naive load/unload", copy.deepcopy(base), files, args, latents, resident=False))
+        arms.append(
+            DiffusersArm("(a) naive load/unload", copy.deepcopy(base), files, args, latents, resident=False)
+        )
     if "b" in args.arms:
-        resident = DiffusersArm("(b) resident set_adapters", copy.deepcopy(base), files, args, latents, resident=True)
+        resident = DiffusersArm(
+            "(b) resident set_adapters", copy.deepcopy(base), files, args, latents, resident=True
+        )
         print(f"(b) load_lora_weights of {len(files)} adapters once: {resident.load_seconds:.2f} s")
         arms.append(resident)
     if "d" in args.arms:
@@ -351,14 +358,17 @@ def run_workload(args: argparse.Namespace, base: StableDiffusionPipeline, folder
           f"{sum(len(s) == 2 for s in stacks)} with 2 adapters), rank {args.rank}, {args.size} px, "
           f"{args.steps} steps, guidance {GUIDANCE}, {args.rounds} interleaved rounds, "
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print("stack popularity:", np.bincount([stacks.index(r.stack) for r in requests], minlength=args.stacks).tolist())
+    print(
+        "stack popularity:",
+        np.bincount([stacks.index(r.stack) for r in requests], minlength=args.stacks).tolist(),
+    )
     if engine_arm.batch_sizes.sizes:
         print("engine batch sizes:", engine_arm.batch_sizes.sizes)
     rows = {name: (len(t.latency) / t.busy, t) for name, t in timings.items()}
     print("\n| arm | images/s | burst p50 s | burst p95 s | service p50 s | service p95 s |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, (rate, t) in rows.items():
-        print(f"| {name} | {rate:.2f} | {percentile(t.latency, 50):.2f} | {percentile(t.latency, 95):.2f} | "
+        print(f"| {name} | {rate:.3g} | {percentile(t.latency, 50):.2f} | {percentile(t.latency, 95):.2f} | "
               f"{percentile(t.service, 50):.3f} | {percentile(t.service, 95):.3f} |")  # fmt: skip
     engine_rate = rows[engine_arm.name][0] if engine_arm.name in rows else None
     naive = next((v[0] for k, v in rows.items() if k.startswith("(a)")), None)
@@ -396,7 +406,10 @@ def section_switch(args: argparse.Namespace, base: StableDiffusionPipeline, fold
     """Cost of moving the model from one resident stack to another."""
     stacks = regional_stacks(args.stacks)
     adapters = sorted({name for stack in stacks for name, _ in stack})
-    files = {n: write_adapter(base.unet, folder / f"sw-{n}.safetensors", args.rank, 50 + i) for i, n in enumerate(adapters)}
+    files = {
+        n: write_adapter(base.unet, folder / f"sw-{n}.safetensors", args.rank, 50 + i)
+        for i, n in enumerate(adapters)
+    }
     ours = copy.deepcopy(base)  # both modes hook one copy: each activate is undone before the next
     denoisers = {mode: Denoiser(ours, fuse_shared_stacks=mode == "fused") for mode in ("hooks", "fused")}
     registry = AdapterRegistry(module_names=denoisers["hooks"].module_names(), check=denoisers["hooks"].check_compatible,
@@ -452,7 +465,10 @@ def section_step(args: argparse.Namespace, base: StableDiffusionPipeline, folder
     """One UNet forward (CFG doubles the batch) with no adapter, a two-adapter stack, a mixed batch."""
     stacks = regional_stacks(max(args.stacks, args.max_batch))
     adapters = sorted({name for stack in stacks for name, _ in stack})
-    files = {n: write_adapter(base.unet, folder / f"st-{n}.safetensors", args.rank, 90 + i) for i, n in enumerate(adapters)}
+    files = {
+        n: write_adapter(base.unet, folder / f"st-{n}.safetensors", args.rank, 90 + i)
+        for i, n in enumerate(adapters)
+    }
     ours = copy.deepcopy(base)  # both modes hook one copy: each activate is undone before the next
     denoiser = Denoiser(ours)
     fused = Denoiser(ours, fuse_shared_stacks=True)
@@ -569,8 +585,10 @@ def section_speedups(args: argparse.Namespace, base: StableDiffusionPipeline, fo
     variants: dict[str, Callable[[], None]] = {
         "AttnProcessor2_0 (SDPA, default)": lambda: unet.set_attn_processor(AttnProcessor2_0()),
         "AttnProcessor (classic)": lambda: unet.set_attn_processor(AttnProcessor()),
-        "SDPA + channels_last": lambda: (unet.set_attn_processor(AttnProcessor2_0()),
-                                         unet.to(memory_format=torch.channels_last)),  # fmt: skip
+        "SDPA + channels_last": lambda: (
+            unet.set_attn_processor(AttnProcessor2_0()),
+            unet.to(memory_format=torch.channels_last),
+        ),  # fmt: skip
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
@@ -612,19 +630,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stacks", type=int, default=8)
     parser.add_argument("--rank", type=int, help="adapter rank (default 8 tiny, 16 sd15)")
     parser.add_argument("--zipf", type=float, default=1.1)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds the requests are split into")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds the requests are split into"
+    )
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--fuse-shared", action="store_true", help="Denoiser(fuse_shared_stacks=True) for (c)")
+    parser.add_argument(
+        "--fuse-shared", action="store_true", help="Denoiser(fuse_shared_stacks=True) for (c)"
+    )
     parser.add_argument("--arms", default="abcd", help="which workload arms to run, e.g. 'bcd'")
-    parser.add_argument("--ceiling-batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--ceiling-batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8]
+    )
     parser.add_argument("--step-batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
     parser.add_argument("--micro-repeats", type=int, default=20)
     parser.add_argument("--rss-cycles", type=int, default=1000)
     parser.add_argument("--sections", default="switch,step,coldload,rss,speedups,workload",
                         help=f"comma-separated, from {', '.join(SECTIONS)}")  # fmt: skip
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (2+ thrashes when other processes share the cores)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (2+ thrashes when other processes share the cores)",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "covergen")

@@ -65,8 +65,8 @@ class PerSampleLora:
         self.model = model
         self.target = target  # "unet" or "text_encoder": the key into LoraWeights.factors
         self.fuse_shared = fuse_shared
-        self._originals: dict[str, nn.Parameter] = {}  # module -> its own weight while a fused copy runs
-        self._modules: dict[str, nn.Module] = {
+        self._originals: dict[str, torch.Tensor] = {}  # module -> its own weight while a fused copy runs
+        self._modules: dict[str, nn.Linear | nn.Conv2d] = {
             name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
         }
         self._hooks: dict[str, RemovableHandle] = {}
