@@ -57,11 +57,22 @@ async def test_request_log_has_fields(stub, caplog: pytest.LogCaptureFixture) ->
     assert line["request_id"] == reply.request_id and "total_ms" in line["timings"]
 
 
-def test_titles_can_be_kept_out_of_logs(service) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("log_titles", [True, False])
+async def test_titles_can_be_kept_out_of_logs(
+    service, caplog: pytest.LogCaptureFixture, log_titles: bool  # noqa: ANN001
+) -> None:
     from covergen.service import _Calls
 
-    calls = _Calls(service.metrics, service.state, log_titles=False)
-    assert calls.log_titles is False  # the servicer drops the title field when this is False
+    calls = _Calls(service.metrics, service.state, log_titles=log_titles)
+
+    async def body() -> str:
+        return "done"
+
+    with caplog.at_level(logging.INFO, logger="covergen.requests"):
+        await calls.run("GenerateCover", None, body, {"region": "杭州", "title": "内部标题"})  # type: ignore[arg-type]
+    record = next(r for r in caplog.records if getattr(r, "region", None) == "杭州")
+    assert hasattr(record, "title") is log_titles
+    assert ("内部标题" in JsonFormatter().format(record)) is log_titles
 
 
 @pytest.fixture(scope="module")

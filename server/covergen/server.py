@@ -26,7 +26,7 @@ from covergen.admin import StyleAdmin
 from covergen.cache import ResultCache
 from covergen.covers import CoverMaker
 from covergen.engine.batcher import Engine, EngineObserver
-from covergen.engine.denoise import Denoiser
+from covergen.engine.denoise import CoverJob, Denoiser
 from covergen.errors import ConfigError
 from covergen.metrics import Metrics
 from covergen.models import LoadedBase, load_base_model
@@ -273,8 +273,6 @@ async def _warm_up(maker: CoverMaker, limits: Limits) -> None:
     """Run one tiny generation so the first real request does not pay for lazy set-up."""
     request = CoverRequest(region="default", title="warm up", steps=1, width=64, height=64)
     plan = maker.plan(request)
-    from covergen.engine.denoise import CoverJob
-
     await maker.engine.submit(
         CoverJob(plan.prompt, plan.negative_prompt, 0, 64, 64, 1, limits.default_guidance)
     )

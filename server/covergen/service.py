@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from covergen.adapters.files import file_version
 from covergen.covers import Cover, CoverMaker
 from covergen.errors import (
     AdapterRejected,
@@ -193,7 +194,7 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
             for card in sorted(maker.library, key=lambda c: c.name):
                 weights = resident.get(card.name)
                 path = maker.library.adapter_path(card)
-                version = weights.version if weights else (_file_version(path) if path else "")
+                version = weights.version if weights else (file_version(path) if path else "")
                 styles.append(
                     pb.Style(
                         name=card.name,
@@ -226,15 +227,6 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
 
 def _style_of_response(response: pb.GenerateCoverResponse) -> str:
     return response.adapters[0].name if response.adapters else "default"
-
-
-def _file_version(path: Any) -> str:
-    import hashlib
-
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return ""
 
 
 def _cover_response(cover: Cover) -> pb.GenerateCoverResponse:

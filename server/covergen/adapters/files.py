@@ -77,6 +77,19 @@ class LoraWeights:
         return LoraWeights(self.name, self.version, self.path, moved, dict(self.metadata))
 
 
+def content_version(raw: bytes) -> str:
+    """An adapter's version as reported to clients: the first 16 hex digits of its sha256."""
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def file_version(path: Path) -> str:
+    """`content_version` of a file on disk; empty when it cannot be read."""
+    try:
+        return content_version(path.read_bytes())
+    except OSError:
+        return ""
+
+
 def read_lora_file(
     path: Path, name: str, module_names: Mapping[str, Iterable[str]] | None = None
 ) -> LoraWeights:
@@ -107,7 +120,7 @@ def read_lora_file(
         raise AdapterRejected(
             f"adapter '{name}': {path.name} is corrupt or truncated ({exc}); re-export it from the trainer"
         ) from exc
-    version = hashlib.sha256(raw).hexdigest()[:16]
+    version = content_version(raw)
     factors = normalise_state_dict(tensors, metadata, name, module_names or {})
     return LoraWeights(name=name, version=version, path=path, factors=factors, metadata=metadata)
 
@@ -221,8 +234,8 @@ def _from_kohya(
         flat = stem[len(prefix) :]
         if target not in lookup:
             raise AdapterRejected(f"adapter '{name}': cannot map kohya key '{stem}' without module names")
-        module = lookup[target].get(flat)
-        if module is None:
+        module_path = lookup[target].get(flat)
+        if module_path is None:
             raise AdapterRejected(
                 f"adapter '{name}': kohya module '{stem}' does not exist in the base model's {target}; "
                 "was it trained for another base architecture?"
@@ -232,5 +245,5 @@ def _from_kohya(
         down, up = parts["lora_down.weight"].float(), parts["lora_up.weight"].float()
         rank = int(down.shape[0])
         alpha = float(parts["alpha"].item()) if "alpha" in parts else float(rank)
-        out.setdefault(target, {})[module] = LoraFactor(down, up, alpha / rank)
+        out.setdefault(target, {})[module_path] = LoraFactor(down, up, alpha / rank)
     return out

@@ -140,8 +140,8 @@ def train_unet(
         choice = torch.randint(0, len(dropout_embeds), (recipe.unet_batch,), generator=generator)
         context[dropped] = dropout_embeds[choice[dropped]]
         noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (recipe.unet_batch,), generator=generator)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
+        timesteps = torch.randint(0, scheduler.config["num_train_timesteps"], (recipe.unet_batch,), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps)  # type: ignore[arg-type]  # long timesteps, as diffusers does
         predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
         loss = F.mse_loss(predicted, noise)
         optimizer.zero_grad(set_to_none=True)
@@ -191,6 +191,7 @@ def build_regional_pipeline(recipe: RegionalRecipe, styles_dir: Path, cache_dir:
 def train_decoder(vae: AutoencoderKL, pixels: torch.Tensor, latents: torch.Tensor, recipe: RegionalRecipe, steps: int) -> AutoencoderKL:
     """Sharpen the VAE decoder on (latent crop -> pixel crop) pairs; the encoder, and so the
     latent space the UNet learned, stays frozen. `latents` [n, 4, 8, 8] are `pixels`' unscaled means."""
+    assert vae.post_quant_conv is not None  # the SD layout has one
     parameters = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=recipe.vae_lr / 2)
     generator = torch.Generator().manual_seed(recipe.seed + 5)
@@ -225,7 +226,7 @@ def refine_regional_pipeline(
     pixels, texts = draw_training_set(fresh, captions)
     raw = encode_latents(pipeline.vae.eval(), pixels)
     vae = train_decoder(pipeline.vae, pixels, raw, fresh, decoder_steps)
-    scaling = float(vae.config.scaling_factor)
+    scaling = float(vae.config["scaling_factor"])
     negatives = ["", *sorted({captions.served_negative(style) for style in (*REGIONAL_STYLES, "default")})]
     embeds = encode_texts(pipeline.tokenizer, pipeline.text_encoder, texts)
     dropout_embeds = encode_texts(pipeline.tokenizer, pipeline.text_encoder, negatives)
@@ -264,7 +265,7 @@ def render_contact_sheet(model: Path, styles_dir: Path, out: Path, seeds: int = 
 
     base = load_base_model(str(model), cache_dir=default_cache_dir(), device="cpu", dtype="fp32")
     painter = RegionPainter(base, styles_dir)
-    rows = [(label, region, ()) for label, region in SHEET_REGIONS]
+    rows: list[tuple[str, str, tuple[str, ...]]] = [(label, region, ()) for label, region in SHEET_REGIONS]
     rows += [(label, region, (theme,)) for label, region, theme in SHEET_THEMES]
     cell, label_width, caption = 128, 130, 12
     sheet = Image.new("RGB", (label_width + seeds * cell, len(rows) * (cell + caption)), "white")
