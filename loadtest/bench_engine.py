@@ -20,7 +20,8 @@ order, so load from other processes falls on all arms alike. Latency is measured
 round's start (every request of the slice arrives at t=0), service time from when the request's
 own work began. The other sections time one thing each: switching between resident stacks,
 the UNet step with a two-adapter stack, cold loads of a rank-16 adapter, the registry's RSS over
-1,000 load/evict cycles, and the attention-processor / channels_last settings.
+1,000 load/evict cycles, the attention-processor / channels_last UNet forward, and (`settings`)
+whole covers under each `COVERGEN_*` speed setting applied by `engine/speedups.py`.
 """
 
 from __future__ import annotations
@@ -611,6 +612,61 @@ def section_speedups(args: argparse.Namespace, base: StableDiffusionPipeline, fo
         print(f"| {name} | {1000 * ms:.1f} | {ms / base_ms:.3f} |")
 
 
+def section_settings(args: argparse.Namespace, base: StableDiffusionPipeline, folder: Path) -> None:
+    """Whole covers through the engine (Denoiser.run) under each speed setting, vs the default.
+
+    One job per batch with a one-adapter regional stack, `--steps` steps, guidance 5; the LCM
+    arm runs at its own defaults (4 steps, guidance 1: no CFG half). Arms interleaved per rep."""
+    from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
+
+    from covergen.adapters.files import read_lora_file
+    from covergen.demo_adapters import demo_state_dict
+    from covergen.engine.speedups import apply_speedups
+    from covergen.settings import LCM_DEFAULT_STEPS, Settings
+
+    taesd = folder / "taesd"  # taesd's architecture (the class defaults), random weights: times only
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoencoderTiny().save_pretrained(taesd, safe_serialization=True)
+    metadata = {"lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 4})}
+    lcm_file, region_file = folder / "lcm.safetensors", folder / "region.safetensors"
+    save_file(demo_state_dict(base.unet, "lcm-lora"), str(lcm_file), metadata=metadata)
+    save_file(demo_state_dict(base.unet, "jiangnan"), str(region_file), metadata=metadata)
+    arms: dict[str, tuple[dict[str, object], int, float]] = {  # settings, steps, guidance
+        "default": ({}, args.steps, GUIDANCE),
+        "fuse_shared_stacks=true": ({"fuse_shared_stacks": True}, args.steps, GUIDANCE),
+        "attention=classic": ({"attention": "classic"}, args.steps, GUIDANCE),
+        "channels_last=true": ({"channels_last": True}, args.steps, GUIDANCE),
+        "tiny_vae (taesd architecture)": ({"tiny_vae": taesd}, args.steps, GUIDANCE),
+        f"lcm_lora ({LCM_DEFAULT_STEPS} steps, guidance 1)": ({"lcm_lora": lcm_file}, LCM_DEFAULT_STEPS, 1.0),
+    }
+    denoisers = {
+        name: apply_speedups(copy.deepcopy(base), Settings(**options)).denoiser  # type: ignore[arg-type]
+        for name, (options, _, _) in arms.items()
+    }
+    region = read_lora_file(region_file, "jiangnan", denoisers["default"].module_names())
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    repeats = max(3, args.micro_repeats // 4)
+    for rep in range(repeats + 1):
+        for name, (_, steps, guidance) in arms.items():
+            job = CoverJob(f"jiangnan canal cover, story {rep}", NEGATIVE, 1000 + rep, args.size, args.size,
+                           steps, guidance, stack=((region, 0.8),))  # fmt: skip
+            started = time.perf_counter()
+            outcome = denoisers[name].run([job])[0]
+            if rep:  # the first rep warms every arm
+                samples[name].append(time.perf_counter() - started)
+            assert isinstance(outcome, np.ndarray), outcome
+    base_s = statistics.median(samples["default"])
+    print(f"\nspeed settings, {args.arch} at {args.size} px, one cover per batch (1-adapter stack), "
+          f"{args.steps} steps unless stated, median of {repeats} (interleaved):")  # fmt: skip
+    print("| setting | s per cover | x default |")
+    print("|---|---:|---:|")
+    for name, values in samples.items():
+        seconds = statistics.median(values)
+        print(f"| {name} | {seconds:.3f} | {seconds / base_s:.3f} |")
+    print("| compile_unet=true | refused on a CPU (CUDA only) | - |")
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, StableDiffusionPipeline, Path], None]] = {
     "workload": run_workload,
     "switch": section_switch,
@@ -618,6 +674,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, StableDiffusionPipeline, Path]
     "coldload": section_cold_load,
     "rss": section_rss,
     "speedups": section_speedups,
+    "settings": section_settings,
 }
 
 

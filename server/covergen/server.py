@@ -26,7 +26,8 @@ from covergen.admin import StyleAdmin
 from covergen.cache import ResultCache
 from covergen.covers import CoverMaker
 from covergen.engine.batcher import Engine, EngineObserver
-from covergen.engine.denoise import CoverJob, Denoiser
+from covergen.engine.denoise import CoverJob
+from covergen.engine.speedups import apply_speedups
 from covergen.errors import ConfigError
 from covergen.metrics import Metrics
 from covergen.models import LoadedBase, load_base_model
@@ -156,7 +157,8 @@ async def build_service(settings: Settings) -> Service:
     metrics = Metrics(base_model=base.content_id, device=str(base.device), queue_capacity=settings.max_queue)
     observer = _MetricsObserver(metrics)
     zero_mean = bool(getattr(base, "zero_mean_noise", False))
-    denoiser = Denoiser(base.pipeline, zero_mean_noise=zero_mean)
+    tuned = apply_speedups(base.pipeline, settings, zero_mean_noise=zero_mean)
+    denoiser = tuned.denoiser
     engine = Engine(
         denoiser,
         max_batch=settings.max_batch,
@@ -197,8 +199,8 @@ async def build_service(settings: Settings) -> Service:
         max_title_bytes=settings.max_title_bytes,
         max_size=settings.max_size,
         default_size=base.default_size,
-        default_steps=settings.default_steps,
-        default_guidance=settings.default_guidance,
+        default_steps=settings.resolved_default_steps(),
+        default_guidance=settings.resolved_default_guidance(),
     )
     maker = CoverMaker(
         library=library,
@@ -208,7 +210,7 @@ async def build_service(settings: Settings) -> Service:
         engine=engine,
         cache=cache,
         limits=limits,
-        base_model_id=base.content_id,
+        base_model_id=tuned.model_id(base.content_id),
         scheduler_name=type(base.pipeline.scheduler).__name__,
     )
     engine.start()

@@ -13,6 +13,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LCM_DEFAULT_STEPS = 4  # LCM-LoRA's authors sample in 2-8 steps; 4 is their usual example
 
 
 class Settings(BaseSettings):
@@ -37,8 +38,15 @@ class Settings(BaseSettings):
     styles_dir: Path = Field(REPO_ROOT / "styles", description="style cards, regions, glossary")
 
     # --- generation defaults and limits ---------------------------------------------------------
-    default_steps: int = Field(20, ge=1, le=100)
-    default_guidance: float = Field(5.0, ge=1.0, le=20.0)
+    default_steps: int | None = Field(
+        None, ge=1, le=100, description="steps when a request gives none (unset: 20, or 4 with lcm_lora)"
+    )
+    default_guidance: float | None = Field(
+        None,
+        ge=1.0,
+        le=20.0,
+        description="guidance when a request gives none (unset: 5.0, or 1.0 with lcm_lora)",
+    )
     max_size: int = Field(1024, ge=64, le=2048, description="largest width/height in pixels")
     max_title_bytes: int = Field(512, ge=16, le=4096)
     max_resident_adapters: int = Field(32, ge=1, description="LRU limit of resident adapters")
@@ -47,6 +55,31 @@ class Settings(BaseSettings):
     max_batch: int = Field(4, ge=1, le=64)
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     max_queue: int = Field(64, ge=1, description="admission queue bound; beyond it RESOURCE_EXHAUSTED")
+
+    # --- speedups (engine/speedups.py; measured effects in loadtest/RESULTS.md) ---------------
+    fuse_shared_stacks: bool = Field(
+        False,
+        description="run a batch whose jobs share one adapter stack on fused weight copies instead of "
+        "LoRA hooks; wins on small models and GPUs, loses on a large UNet on a CPU",
+    )
+    attention: Literal["sdpa", "classic"] = Field(
+        "sdpa", description='UNet and VAE attention: "sdpa" (AttnProcessor2_0) or "classic" (AttnProcessor)'
+    )
+    channels_last: bool = Field(False, description="UNet and VAE in channels_last memory format")
+    compile_unet: bool = Field(
+        False,
+        description="torch.compile the UNet (CUDA only: refused on a CPU); adapter switches of the same "
+        "shape reuse the compiled graph",
+    )
+    tiny_vae: Path | None = Field(
+        None,
+        description="local diffusers AutoencoderTiny directory (taesd layout) that decodes instead of the VAE",
+    )
+    lcm_lora: Path | None = Field(
+        None,
+        description="local LCM-LoRA .safetensors: applied at weight 1.0 under every stack, LCMScheduler, "
+        "default 4 steps and guidance 1.0",
+    )
 
     # --- network -------------------------------------------------------------------------------
     host: str = "0.0.0.0"
@@ -70,6 +103,18 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     log_titles: bool = Field(True, description="false keeps article titles out of the logs")
+
+    def resolved_default_steps(self) -> int:
+        """`default_steps`, else 4 in LCM few-step mode and 20 otherwise."""
+        if self.default_steps is not None:
+            return self.default_steps
+        return LCM_DEFAULT_STEPS if self.lcm_lora is not None else 20
+
+    def resolved_default_guidance(self) -> float:
+        """`default_guidance`, else 1.0 in LCM few-step mode (no CFG) and 5.0 otherwise."""
+        if self.default_guidance is not None:
+            return self.default_guidance
+        return 1.0 if self.lcm_lora is not None else 5.0
 
     def resolved_cache_dir(self) -> Path:
         """The model cache folder: the setting, else `<repo>/.cache/covergen`."""

@@ -3,10 +3,16 @@
 This is the loop of diffusers' StableDiffusionPipeline written for batches whose samples differ:
 each sample keeps its own seed, guidance scale and adapter stack, so a cover is the same whether
 it ran alone or in a batch. Deadlines and cancellations are checked between denoising steps.
+
+Each job draws from one seeded generator: first its starting noise, then any noise the scheduler
+adds per step (LCM, ancestral samplers), so those samplers are batch-independent too. A batch
+whose jobs all ask for guidance 1 skips the unconditional half (CFG at 1 is the conditional
+prediction alone). A `base_stack` (the LCM-LoRA of few-step mode) is put under every job's stack.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Sequence
@@ -65,10 +71,13 @@ class Denoiser:
         zero_mean_noise: bool = False,
         *,
         fuse_shared_stacks: bool = False,
+        base_stack: tuple[StackItem, ...] = (),
     ) -> None:
         """`fuse_shared_stacks`: run a batch whose jobs all share one adapter stack on fused weight
-        copies instead of LoRA hooks (see `lora_layers`); mixed batches always use the hooks."""
+        copies instead of LoRA hooks (see `lora_layers`); mixed batches always use the hooks.
+        `base_stack`: adapters applied under every job's own stack, through the same hooks."""
         self.pipeline = pipeline
+        self.base_stack = base_stack
         self.unet_lora = PerSampleLora(pipeline.unet, "unet", fuse_shared=fuse_shared_stacks)
         self.text_lora = PerSampleLora(pipeline.text_encoder, "text_encoder", fuse_shared=fuse_shared_stacks)
         self.zero_mean_noise = zero_mean_noise
@@ -88,7 +97,9 @@ class Denoiser:
 
     def initial_latents(self, job: CoverJob) -> torch.Tensor:
         """The starting noise of one job, from its seed alone: [1, 4, h/8, w/8]."""
-        generator = torch.Generator("cpu").manual_seed(job.seed)
+        return self._starting_noise(job, torch.Generator("cpu").manual_seed(job.seed))
+
+    def _starting_noise(self, job: CoverJob, generator: torch.Generator) -> torch.Tensor:
         shape = (
             1,
             self.pipeline.unet.config.in_channels,
@@ -118,18 +129,28 @@ class Denoiser:
 
     def _run(self, jobs: Sequence[CoverJob]) -> list[JobOutcome]:
         n = len(jobs)
-        stacks, rows = _unique_stacks(jobs)
-        # CFG runs unconditional and conditional halves in one forward: [uncond(n); cond(n)]
-        self.text_lora.activate(stacks, rows + rows)
-        embeds = self._encode([j.negative_prompt for j in jobs] + [j.prompt for j in jobs])  # [2n, 77, d]
+        stacks, rows = _unique_stacks(jobs, self.base_stack)
+        # CFG runs unconditional and conditional halves in one forward: [uncond(n); cond(n)];
+        # guidance 1 everywhere is the conditional half alone: [cond(n)]
+        cfg = any(j.guidance_scale != 1.0 for j in jobs)
+        prompts = [j.prompt for j in jobs]
+        forward_rows = rows + rows if cfg else rows
+        self.text_lora.activate(stacks, forward_rows)
+        embeds = self._encode(
+            [j.negative_prompt for j in jobs] + prompts if cfg else prompts
+        )  # [2n or n, 77, d]
         self.text_lora.deactivate()
-        self.unet_lora.activate(stacks, rows + rows)
+        self.unet_lora.activate(stacks, forward_rows)
 
         scheduler = type(self.pipeline.scheduler).from_config(self.pipeline.scheduler.config)
         scheduler.set_timesteps(jobs[0].steps, device=self.device)
-        latents = (
-            torch.cat([self.initial_latents(j) for j in jobs]) * scheduler.init_noise_sigma
-        )  # [n, 4, h/8, w/8]
+        generators = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
+        latents = torch.cat([self._starting_noise(j, g) for j, g in zip(jobs, generators, strict=True)])
+        latents = latents * scheduler.init_noise_sigma  # [n, 4, h/8, w/8]
+        # per-step noise (LCM, ancestral samplers) continues each job's own generator
+        step_options = (
+            {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        )
         guidance = torch.tensor([j.guidance_scale for j in jobs], device=self.device, dtype=self.dtype)
         guidance = guidance.view(n, 1, 1, 1)
         outcomes: list[JobOutcome | None] = [None] * n
@@ -139,11 +160,12 @@ class Denoiser:
                     outcomes[i] = job.stop_reason()
             if all(o is not None for o in outcomes):
                 return [o for o in outcomes if o is not None]
-            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)  # [2n, 4, h, w]
+            model_input = scheduler.scale_model_input(torch.cat([latents, latents]) if cfg else latents, t)
             noise = self.pipeline.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-            uncond, cond = noise.chunk(2)
-            noise = uncond + guidance * (cond - uncond)
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            if cfg:  # noise: [2n, 4, h, w]
+                uncond, cond = noise.chunk(2)
+                noise = uncond + guidance * (cond - uncond)
+            latents = scheduler.step(noise, t, latents, return_dict=False, **step_options)[0]
         self.unet_lora.deactivate()
         images = self._decode(latents)
         return [o if o is not None else images[i] for i, o in enumerate(outcomes)]
@@ -167,15 +189,18 @@ class Denoiser:
         return (pixels * 255).round().astype("uint8")  # [n, H, W, 3]
 
 
-def _unique_stacks(jobs: Sequence[CoverJob]) -> tuple[list[tuple[StackItem, ...]], list[int]]:
-    """Distinct stacks of a batch and, per job, the index of its stack."""
+def _unique_stacks(
+    jobs: Sequence[CoverJob], base_stack: tuple[StackItem, ...] = ()
+) -> tuple[list[tuple[StackItem, ...]], list[int]]:
+    """Distinct stacks of a batch (each under `base_stack`) and, per job, the index of its stack."""
     index: dict[tuple, int] = {}
     stacks: list[tuple[StackItem, ...]] = []
     rows: list[int] = []
     for job in jobs:
-        key = stack_signature(job.stack)
+        stack = base_stack + job.stack
+        key = stack_signature(stack)
         if key not in index:
             index[key] = len(stacks)
-            stacks.append(job.stack)
+            stacks.append(stack)
         rows.append(index[key])
     return stacks, rows

@@ -178,11 +178,19 @@ class PerSampleLora:
             original = module.weight  # [out, in] or [out, in, kh, kw]
             if isinstance(module, nn.Conv2d):  # up [out, R, 1, 1] @ down [R, in, kh, kw]
                 delta = (up.flatten(1) @ down.flatten(1)).view_as(original)
-                fused = original.detach() + delta
+                fused = torch.empty_like(original, requires_grad=False)  # keeps channels_last
+                torch.add(original.detach(), delta, out=fused)
             else:
                 fused = torch.addmm(original.detach(), up, down)  # [out, in]
             self._originals[name] = original
             module.weight = nn.Parameter(fused, requires_grad=False)
+
+    def hook_all(self) -> None:
+        """Put a hook on every Linear/Conv2d now instead of on first use.
+
+        For `torch.compile`: dynamo does not guard on hooks added after a module was compiled
+        (`skip_nnmodule_hook_guards`), so a hook registered later would silently not run."""
+        self._ensure_hooks(set(self._modules))
 
     def _ensure_hooks(self, names: set[str]) -> None:
         for name in names - self._hooks.keys():
@@ -217,10 +225,13 @@ def _padded(
 
 
 def _add_delta(plan: _ModulePlan, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """`output += delta(x)` in place; `output` is the layer's own fresh result."""
-    if not output.is_contiguous():  # never seen from Linear/Conv2d, but views below need it
-        output = output.contiguous()
+    """`output += delta(x)` in place; `output` is the layer's own fresh result.
+
+    Conv outputs keep their memory format (a channels_last UNet gives channels_last outputs): the
+    in-place adds work on any strides, and the grouped path reshapes rather than views."""
     if plan.conv is None:
+        if not output.is_contiguous():  # never seen from Linear, but the views below need it
+            output = output.contiguous()
         if plan.shared:
             h = F.linear(x, plan.down)  # [..., R]
             output.view(-1, output.shape[-1]).addmm_(h.view(-1, h.shape[-1]), plan.up.t())
@@ -246,4 +257,4 @@ def _add_delta(plan: _ModulePlan, x: torch.Tensor, output: torch.Tensor) -> torc
         groups=n,
     )
     h = F.conv2d(h, plan.up, groups=n)  # [1, N*out, H', W'] with up [N*out, R, 1, 1]
-    return output.add_(h.view(n, -1, *h.shape[2:]))
+    return output.add_(h.reshape(n, -1, *h.shape[2:]))
