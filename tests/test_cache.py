@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis_fixture import running_redis
+
 from covergen.cache import CachedCover, CacheOutcome, ResultCache, cache_key
 from covergen.errors import ConfigError
 from covergen.metrics import Metrics
 from covergen.redis_server import EmbeddedRedis
-from redis_fixture import running_redis
 
 KEY_PARTS: dict[str, Any] = {
     "base_model": "sha256:base",

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from covergen.metrics import Metrics
 from covergen.settings import Settings
 

@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+
 from covergen.errors import ConfigError
 from covergen.metrics import Metrics
 

@@ -14,6 +14,15 @@ import numpy as np
 import pytest
 import torch
 from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+)
+from peft import LoraConfig
+from safetensors import safe_open
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
 from covergen.errors import ConfigError
 from covergen.models import (
     LoadedBase,
@@ -28,14 +37,6 @@ from covergen.models.config_dirs import SD15_CONFIG_DIR
 from covergen.models.content_id import content_id, directory_files
 from covergen.models.single_file import ldm_state_dict
 from covergen.models.tiny import EMBEDDED_DIR_NAME, EMBEDDED_SEED, save_tiny_model
-from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import (
-    convert_ldm_unet_checkpoint,
-    convert_ldm_vae_checkpoint,
-)
-from peft import LoraConfig
-from safetensors import safe_open
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 PROMPT = "a photo of a cat"
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from covergen.errors import ConfigError
 from covergen.prompts import (
     NEUTRAL_SUBJECT,
@@ -18,8 +21,6 @@ from covergen.prompts import (
 )
 from covergen.regions import RegionResolver
 from covergen.styles import StyleCard, StyleLibrary
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 STYLES_ROOT = Path(__file__).resolve().parents[1] / "styles"
 GLOSSARY = STYLES_ROOT / "glossary.yaml"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from covergen.errors import ConfigError, InvalidRequest
 from covergen.regions import RegionResolver, Resolution, StyleWeight
 from covergen.styles import StyleLibrary

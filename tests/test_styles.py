@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from covergen.errors import AdapterRejected, ConfigError, StyleNotFound
 from covergen.styles import StyleLibrary, normalize_tag
 

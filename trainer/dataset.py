@@ -22,7 +22,9 @@ from covergen.errors import ConfigError
 from .buckets import Bucket, assign_bucket
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-DRAFT_TRUE = frozenset({"1", "true", "yes", "draft"})
+DRAFT_KEYWORDS = "yes"  # `draft` value covergen-label writes for a keyword-and-colour draft
+DRAFT_MODEL = "model"  # ... and for a caption written by a captioning model
+DRAFT_TRUE = frozenset({"1", "true", "yes", "draft", DRAFT_MODEL})
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,9 @@ def read_records(train_data_dir: Path, metadata_path: Path | None) -> tuple[list
         for name, (caption, draft) in rows.items():
             path = train_data_dir / name
             if Path(name).name != name:
-                problems.append(f"{name}: file names in {metadata_path.name} must not contain folders; skipped")
+                problems.append(
+                    f"{name}: file names in {metadata_path.name} must not contain folders; skipped"
+                )
             elif not path.is_file():
                 problems.append(f"{name}: listed in {metadata_path.name} but the file is missing")
             elif not caption:

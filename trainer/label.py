@@ -2,9 +2,11 @@
 
 With a local BLIP-style captioning model (`--captioner DIR`), each image gets the model's
 description; without one, a caption is assembled from the style keywords plus what simple image
-analysis can say (dominant colours named in English, brightness, orientation). Every caption is
-written with `draft=yes` in `metadata.csv`; the trainer warns while drafts remain, and
-`covergen-label lint` lists them. An existing metadata file is never overwritten unless forced.
+analysis can say (dominant colours named in English, brightness, orientation). The `draft` column
+of `metadata.csv` says where each caption came from: `model` (the captioning model) or `yes`
+(the keyword draft, also used when the model says nothing about an image). Both count as
+unreviewed drafts: the trainer warns while any remain and `covergen-label lint` lists them.
+An existing metadata file is never overwritten unless forced.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from PIL import Image
 
 from covergen.errors import ConfigError
 
-from .dataset import list_images, open_rgb
+from .dataset import DRAFT_KEYWORDS, DRAFT_MODEL, list_images, open_rgb
 
 # Basic colour names and their sRGB centres; nearest wins.
 COLOUR_NAMES: dict[str, tuple[int, int, int]] = {
@@ -102,13 +104,21 @@ def blip_captioner(folder: Path) -> Callable[[Image.Image], str]:
     import torch
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    processor = BlipProcessor.from_pretrained(folder, local_files_only=True)
-    model = BlipForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+    try:
+        processor = BlipProcessor.from_pretrained(folder, local_files_only=True)
+        model = BlipForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"--captioner {folder} is not a BLIP captioning model folder ({reason}); it needs the "
+            "files save_pretrained writes (config.json, weights, processor and tokenizer files), "
+            "e.g. a local copy of Salesforce/blip-image-captioning-base"
+        ) from None
 
     def caption(image: Image.Image) -> str:
         inputs = processor(images=image, return_tensors="pt")
         with torch.no_grad():
-            ids = model.generate(**inputs, max_new_tokens=30)
+            ids = model.generate(**inputs, max_new_tokens=30)  # [1, tokens]
         return str(processor.decode(ids[0], skip_special_tokens=True)).strip()
 
     return caption
@@ -118,9 +128,12 @@ def label_folder(
     input_dir: Path,
     keywords: list[str],
     captioner: Callable[[Image.Image], str] | None = None,
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """Draft a caption per image: `[(file, caption)]` and one problem line per unreadable file."""
-    rows: list[tuple[str, str]] = []
+) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Draft a caption per image: `[(file, caption, draft)]` and one problem line per unreadable file.
+
+    `draft` is `model` for the captioner's words, `yes` for the keyword draft.
+    """
+    rows: list[tuple[str, str, str]] = []
     problems: list[str] = []
     for path in list_images(input_dir):
         try:
@@ -128,16 +141,18 @@ def label_folder(
         except (OSError, ValueError) as exc:
             problems.append(f"{path.name}: unreadable image, no caption drafted ({exc})")
             continue
-        if captioner is not None:
-            caption = ", ".join([*keywords, captioner(image)])
+        described = captioner(image) if captioner is not None else ""
+        if described:
+            rows.append((path.name, ", ".join([*keywords, described]), DRAFT_MODEL))
         else:
-            caption = draft_caption(keywords, analyse(image))
-        rows.append((path.name, caption))
+            if captioner is not None:
+                problems.append(f"{path.name}: the captioning model wrote nothing; keyword draft used")
+            rows.append((path.name, draft_caption(keywords, analyse(image)), DRAFT_KEYWORDS))
     return rows, problems
 
 
-def write_metadata(output: Path, rows: list[tuple[str, str]], *, force: bool) -> None:
-    """Write `file,caption,draft` rows (all drafts); refuse to replace a file unless `force`."""
+def write_metadata(output: Path, rows: list[tuple[str, str, str]], *, force: bool) -> None:
+    """Write `file,caption,draft` rows; refuse to replace a file unless `force`."""
     if output.exists() and not force:
         raise ConfigError(
             f"{output} already exists and may hold edited captions; pass --force to replace it "
@@ -146,7 +161,7 @@ def write_metadata(output: Path, rows: list[tuple[str, str]], *, force: bool) ->
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "caption", "draft"])
-    writer.writerows([(name, caption, "yes") for name, caption in rows])
+    writer.writerows(rows)
     output.parent.mkdir(parents=True, exist_ok=True)
     temp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     temp.write_text(buffer.getvalue(), encoding="utf-8")

@@ -31,13 +31,15 @@ def _lint_parser() -> argparse.ArgumentParser:
     parser.add_argument("folder", type=Path, help="folder of images with metadata.csv or .txt captions")
     parser.add_argument("--resolution", type=int, default=512, help="training resolution in px")
     parser.add_argument(
-        "--tokenizer", type=Path,
+        "--tokenizer",
+        type=Path,
         help="CLIP tokenizer folder (or a diffusers base folder) for exact token counts",
     )
     return parser
 
 
 def _run_label(argv: list[str]) -> int:
+    from .dataset import DRAFT_MODEL
     from .label import blip_captioner, label_folder, parse_keywords, write_metadata
 
     args = _label_parser().parse_args(argv)
@@ -51,7 +53,9 @@ def _run_label(argv: list[str]) -> int:
     for line in problems:
         print(line, file=sys.stderr)
     write_metadata(output, rows, force=args.force)
-    print(f"wrote {len(rows)} draft captions to {output}; review them, then clear the draft column")
+    by_model = sum(1 for _, _, draft in rows if draft == DRAFT_MODEL)
+    source = f" ({by_model} by the captioning model)" if args.captioner else ""
+    print(f"wrote {len(rows)} draft captions{source} to {output}; review them, then clear the draft column")
     return 0
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .buckets import fit_to_bucket
+from .buckets import Bucket, fit_to_bucket
 from .dataset import TrainImage, open_rgb
 
 
@@ -59,24 +59,47 @@ class LatentCache:
         b = image.bucket
         return f"{image.sha256[:24]}-{b.width}x{b.height}-{self._base}"
 
-    def prepare(self, images: list[TrainImage], *, show_progress: bool = True) -> None:
-        """Encode every image not yet cached (in memory, else on disk, else with the VAE)."""
+    def prepare(self, images: list[TrainImage], *, batch_size: int = 1, show_progress: bool = True) -> None:
+        """Encode every image not yet cached (in memory, else on disk, else with the VAE).
+
+        Images of one bucket go through the VAE `batch_size` at a time: the same batch the
+        training step uses, so caching never needs more memory than a step of a loop that
+        encodes every step.
+        """
         self._dir.mkdir(parents=True, exist_ok=True)
-        todo = [img for img in images if self._key(img) not in self._memory]
-        for image in tqdm(todo, desc="caching latents", disable=not show_progress, leave=False):
+        todo: dict[Bucket, dict[str, TrainImage]] = {}
+        for image in images:
             key = self._key(image)
+            if key in self._memory:
+                continue
             path = self._dir / f"{key}.safetensors"
             tensors = load_file(path) if path.is_file() else {}
-            if "latent" not in tensors or (self._flips and "flipped" not in tensors):
-                pixels = load_pixels(image)  # [3, h, w]
-                batch = torch.stack([pixels, pixels.flip(-1)]) if self._flips else pixels[None]
-                latents = encode_pixels(self._vae, batch).cpu()  # [1 or 2, 4, h/8, w/8]
-                tensors = {"latent": latents[0].contiguous()}
-                if self._flips:
-                    tensors["flipped"] = latents[1].contiguous()
-                temp = path.with_suffix(f".tmp{os.getpid()}")
-                save_file(tensors, str(temp))
-                os.replace(temp, path)
+            if "latent" in tensors and (not self._flips or "flipped" in tensors):
+                self._memory[key] = (tensors["latent"], tensors.get("flipped"))
+            else:
+                todo.setdefault(image.bucket, {})[key] = image
+        count = sum(len(group) for group in todo.values())
+        with tqdm(total=count, desc="caching latents", disable=not show_progress, leave=False) as bar:
+            for group in todo.values():
+                keys = list(group)
+                for start in range(0, len(keys), batch_size):
+                    chunk = keys[start : start + batch_size]
+                    self._encode(chunk, [group[key] for key in chunk])
+                    bar.update(len(chunk))
+
+    def _encode(self, keys: list[str], images: list[TrainImage]) -> None:
+        """Encode one same-bucket chunk with the VAE; keep it in memory and write it to disk."""
+        pixels = torch.stack([load_pixels(image) for image in images])  # [n, 3, h, w]
+        latents = encode_pixels(self._vae, pixels).cpu()  # [n, 4, h/8, w/8]
+        mirrors = encode_pixels(self._vae, pixels.flip(-1)).cpu() if self._flips else None
+        for row, key in enumerate(keys):
+            tensors = {"latent": latents[row].clone(memory_format=torch.contiguous_format)}
+            if mirrors is not None:
+                tensors["flipped"] = mirrors[row].clone(memory_format=torch.contiguous_format)
+            path = self._dir / f"{key}.safetensors"
+            temp = path.with_suffix(f".tmp{os.getpid()}")
+            save_file(tensors, str(temp))
+            os.replace(temp, path)
             self._memory[key] = (tensors["latent"], tensors.get("flipped"))
 
     def get(self, image: TrainImage, *, flipped: bool = False) -> torch.Tensor:
