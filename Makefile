@@ -9,7 +9,7 @@ export DIFFUSERS_OFFLINE := 1
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto demo-adapters serve test lint bench-engine bench-trainer loadgen soak embedded-model contact-sheet clean-cache
+.PHONY: install proto demo-adapters serve test lint bench-engine bench-trainer loadgen soak embedded-model regional-adapters contact-sheet clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,13 +51,29 @@ loadgen: install
 soak: install
 	$(BIN)/python -m loadtest.soak
 
-# Rebuild the committed embedded regional model (single-threaded, reproducible; ~30 min here).
+# Rebuild the committed embedded regional model (single-threaded, reproducible; ~40 min here):
+# VAE + epsilon UNet, a refine stage, then a short switch to v-prediction at zero terminal SNR.
 embedded-model: install
 	rm -rf .cache/regional-build
 	$(BIN)/python -m covergen.models.regional build --out .cache/regional-build/stage1
-	rm -rf server/covergen/embedded/regional-v1
 	$(BIN)/python -m covergen.models.regional refine --model .cache/regional-build/stage1 \
-	  --out server/covergen/embedded/regional-v1
+	  --out .cache/regional-build/stage2
+	rm -rf server/covergen/embedded/regional-v2
+	$(BIN)/python -m covergen.models.regional refine --model .cache/regional-build/stage2 \
+	  --out server/covergen/embedded/regional-v2 --decoder-steps 0 --unet-steps 400 --unet-batch 32 \
+	  --objective v_zero_snr
+
+# Train the starter styles' adapters on the regional model with covergen-train and publish them
+# into styles/ (~1 min per style here). The committed adapters came from this target.
+REGIONAL_ADAPTERS := jiangnan chuanyu_hotpot hutong_breakfast lingnan_arcade minnan_redbrick \
+  night_market_bbq rain spring ink_wash
+regional-adapters: install
+	$(BIN)/python -m covergen.scenes --out .cache/scenes
+	set -e; for style in $(REGIONAL_ADAPTERS); do \
+	  rm -rf runs/$$style; \
+	  $(BIN)/covergen-train --config styles/$$style/train.yaml --quiet; \
+	  $(BIN)/covergen-train publish --output-dir runs/$$style --style $$style --styles-dir styles; \
+	done
 
 contact-sheet: install
 	$(BIN)/python -m covergen.models.regional sheet --out docs/contact-sheet.png

@@ -67,6 +67,7 @@ async def service(styles_dir: Path, redis_server, model_cache_dir: Path) -> Asyn
     from covergen.settings import Settings
 
     settings = Settings(
+        base_model="embedded",  # the random tiny model: fast, and what the equivalence tests use
         host="127.0.0.1",
         grpc_port=0,
         metrics_port=0,

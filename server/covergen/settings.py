@@ -23,8 +23,9 @@ class Settings(BaseSettings):
 
     # --- model -------------------------------------------------------------------------------
     base_model: str = Field(
-        "embedded",
-        description='"embedded" (tiny built-in model), a diffusers directory, or one .safetensors',
+        "embedded:regional",
+        description='"embedded:regional" (tiny model trained on drawn regional scenes), "embedded" '
+        "(the same layout with random weights), a diffusers directory, or one .safetensors",
     )
     base_model_config: Path | None = Field(
         None, description="config dir for a single-file base model (default: shipped SD 1.5)"

@@ -1,15 +1,17 @@
 """The embedded regional base model: the tiny SD layout trained on drawn regional scenes.
 
-`build_regional_model` reproduces the committed `covergen/embedded/regional-v1/` directory from
-nothing but code: it draws the scene mixture (`covergen.scenes`), trains the tiny VAE (same
-architecture as `covergen.models.tiny`), sets its `scaling_factor` to 1/std of the trained
-latents, then trains the tiny UNet on captions that name the styles, through the embedded
-model's own frozen CLIP tokenizer and text encoder. The result is saved as an ordinary diffusers
-directory in fp16 with a `covergen.json` beside `model_index.json` that asks for zero-mean
-starting noise (at 8x8 latents the noise's random per-channel mean would otherwise decide the
-colour cast, not the prompt).
+`build` + `refine` reproduce the committed `covergen/embedded/regional-v2/` directory from nothing
+but code (`make embedded-model` chains the three stages): `build` draws the scene mixture
+(`covergen.scenes`), trains the tiny VAE (same architecture as `covergen.models.tiny`), sets its
+`scaling_factor` to 1/std of the trained latents, then trains the tiny UNet on captions that name
+the styles, through the embedded model's own frozen CLIP tokenizer and text encoder. `refine`
+continues a built model on a fresh draw; the last stage switches the UNet to v-prediction at zero
+terminal SNR (see `RegionalRecipe.objective`). The result is saved as an ordinary diffusers
+directory in fp16 with a `covergen.json` beside `model_index.json` that records every stage and
+asks for zero-mean starting noise (at 8x8 latents the noise's random per-channel mean would
+otherwise decide the colour cast, not the prompt).
 
-    python -m covergen.models.regional build --out server/covergen/embedded/regional-v1
+    python -m covergen.models.regional build --out .cache/regional-build/stage1
 
 Training is single-threaded by default (`--threads 1`) so it is bit-reproducible on one CPU.
 """
@@ -27,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -47,7 +51,7 @@ COVERGEN_JSON = "covergen.json"  # covergen's own facts about a base model, besi
 
 @dataclass(frozen=True)
 class RegionalRecipe:
-    """Every knob of the build; the defaults made the committed regional-v1."""
+    """Every knob of the build; the defaults made stage 1 of the committed model."""
 
     seed: int = 20_261_106
     scenes: int = 4000  # drawn training images
@@ -61,6 +65,38 @@ class RegionalRecipe:
     unet_lr: float = 1e-3
     unet_warmup: int = 50
     caption_dropout: float = 0.10  # half empty captions, half served negative prompts
+    # "epsilon" (SD 1.5's objective) or "v_zero_snr": v-prediction on a schedule rescaled to zero
+    # terminal SNR, sampled with trailing timesteps (Lin et al. 2024, "Common Diffusion Noise
+    # Schedules and Sample Steps are Flawed"). With epsilon the model cannot move an image's mean
+    # away from mid-grey: dark styles (hotpot, night market) came out at brightness ~125 instead
+    # of ~50 and scored 0/8. At zero terminal SNR the first step predicts the picture from the
+    # prompt alone, so its overall colour comes from the prompt.
+    objective: str = "epsilon"
+
+
+V_ZERO_SNR = {
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+}
+
+
+def training_scheduler(config: dict, objective: str) -> DDPMScheduler:
+    """The noise schedule the UNet trains on for `objective`, from a base scheduler's config."""
+    if objective == "epsilon":
+        return DDPMScheduler.from_config(config)
+    if objective == "v_zero_snr":
+        return DDPMScheduler.from_config(config, **V_ZERO_SNR)
+    raise ValueError(f"unknown objective {objective!r}; use 'epsilon' or 'v_zero_snr'")
+
+
+def sampling_scheduler(base: ConfigMixin, objective: str) -> ConfigMixin:
+    """The scheduler saved with the pipeline for `objective`: `base` itself for epsilon, DDIM with
+    trailing timesteps on the zero-terminal-SNR schedule for v_zero_snr."""
+    training_scheduler(dict(base.config), objective)  # refuses an unknown objective
+    if objective == "v_zero_snr":
+        return DDIMScheduler.from_config(base.config, **V_ZERO_SNR)
+    return base
 
 
 def draw_training_set(recipe: RegionalRecipe, captions: CaptionWriter) -> tuple[torch.Tensor, list[str]]:
@@ -82,7 +118,9 @@ def train_vae(pixels: torch.Tensor, recipe: RegionalRecipe) -> AutoencoderKL:
     generator = torch.Generator().manual_seed(recipe.seed)
     started = time.perf_counter()
     for step in range(recipe.vae_steps):
-        top, left = torch.randint(0, pixels.shape[-1] - recipe.vae_crop + 1, (2,), generator=generator).tolist()
+        top, left = torch.randint(
+            0, pixels.shape[-1] - recipe.vae_crop + 1, (2,), generator=generator
+        ).tolist()
         rows = torch.randint(0, len(pixels), (recipe.vae_batch,), generator=generator)
         batch = pixels[rows, :, top : top + recipe.vae_crop, left : left + recipe.vae_crop]  # [b, 3, c, c]
         posterior = vae.encode(batch).latent_dist
@@ -94,7 +132,13 @@ def train_vae(pixels: torch.Tensor, recipe: RegionalRecipe) -> AutoencoderKL:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         if step % 50 == 0 or step == recipe.vae_steps - 1:
-            log.info("vae step %d/%d loss %.4f (%.0f s)", step, recipe.vae_steps, loss.item(), time.perf_counter() - started)
+            log.info(
+                "vae step %d/%d loss %.4f (%.0f s)",
+                step,
+                recipe.vae_steps,
+                loss.item(),
+                time.perf_counter() - started,
+            )
     return vae.eval()
 
 
@@ -110,16 +154,23 @@ def encode_texts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: l
     out = []
     for start in range(0, len(texts), 256):
         ids = tokenizer(
-            texts[start : start + 256], padding="max_length", max_length=tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
+            texts[start : start + 256],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
         out.append(text_encoder(ids)[0])
     return torch.cat(out)
 
 
 def train_unet(
-    latents: torch.Tensor, embeds: torch.Tensor, dropout_embeds: torch.Tensor,
-    scheduler: DDPMScheduler, recipe: RegionalRecipe, unet: UNet2DConditionModel | None = None,
+    latents: torch.Tensor,
+    embeds: torch.Tensor,
+    dropout_embeds: torch.Tensor,
+    scheduler: DDPMScheduler,
+    recipe: RegionalRecipe,
+    unet: UNet2DConditionModel | None = None,
 ) -> UNet2DConditionModel:
     """The tiny UNet (`unet` to continue one, else a fresh one) trained for epsilon prediction on
     scaled `latents` [n, 4, 8, 8] given `embeds` [n, 77, 32]; a `caption_dropout` share of each
@@ -128,8 +179,12 @@ def train_unet(
     unet = tiny_unet() if unet is None else unet.train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / recipe.unet_warmup)
-        * 0.5 * (1 + math.cos(math.pi * min(1.0, step / recipe.unet_steps)))
+        optimizer,
+        lambda step: (
+            min(1.0, (step + 1) / recipe.unet_warmup)
+            * 0.5
+            * (1 + math.cos(math.pi * min(1.0, step / recipe.unet_steps)))
+        ),
     )
     generator = torch.Generator().manual_seed(recipe.seed + 2)
     started = time.perf_counter()
@@ -140,21 +195,35 @@ def train_unet(
         choice = torch.randint(0, len(dropout_embeds), (recipe.unet_batch,), generator=generator)
         context[dropped] = dropout_embeds[choice[dropped]]
         noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config["num_train_timesteps"], (recipe.unet_batch,), generator=generator)
+        timesteps = torch.randint(
+            0, scheduler.config["num_train_timesteps"], (recipe.unet_batch,), generator=generator
+        )
         noisy = scheduler.add_noise(clean, noise, timesteps)  # type: ignore[arg-type]  # long timesteps, as diffusers does
+        if scheduler.config["prediction_type"] == "v_prediction":
+            target = scheduler.get_velocity(clean, noise, timesteps)  # type: ignore[arg-type]
+        else:
+            target = noise
         predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
-        loss = F.mse_loss(predicted, noise)
+        loss = F.mse_loss(predicted, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         if step % 50 == 0 or step == recipe.unet_steps - 1:
-            log.info("unet step %d/%d loss %.4f (%.0f s)", step, recipe.unet_steps, loss.item(), time.perf_counter() - started)
+            log.info(
+                "unet step %d/%d loss %.4f (%.0f s)",
+                step,
+                recipe.unet_steps,
+                loss.item(),
+                time.perf_counter() - started,
+            )
     return unet.eval()
 
 
-def build_regional_pipeline(recipe: RegionalRecipe, styles_dir: Path, cache_dir: Path) -> tuple[StableDiffusionPipeline, dict[str, float]]:
+def build_regional_pipeline(
+    recipe: RegionalRecipe, styles_dir: Path, cache_dir: Path
+) -> tuple[StableDiffusionPipeline, dict[str, float]]:
     """Draw, train and assemble the regional pipeline (fp32, in memory) and the build's timings."""
     timings: dict[str, float] = {}
     tiny = build_tiny_pipeline(cache_dir, EMBEDDED_SEED)  # its tokenizer, text encoder, scheduler
@@ -175,12 +244,16 @@ def build_regional_pipeline(recipe: RegionalRecipe, styles_dir: Path, cache_dir:
     negatives = ["", *sorted({captions.served_negative(style) for style in (*REGIONAL_STYLES, "default")})]
     embeds = encode_texts(tokenizer, text_encoder, texts)
     dropout_embeds = encode_texts(tokenizer, text_encoder, negatives)
-    scheduler = DDPMScheduler.from_config(tiny.scheduler.config)
+    scheduler = training_scheduler(dict(tiny.scheduler.config), recipe.objective)
     started = time.perf_counter()
     unet = train_unet(raw * scaling, embeds, dropout_embeds, scheduler, recipe)
     timings["unet_s"] = time.perf_counter() - started
     pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny.scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sampling_scheduler(tiny.scheduler, recipe.objective),  # type: ignore[arg-type]  # any SD scheduler
         safety_checker=None,  # type: ignore[arg-type]  # diffusers documents None as allowed
         feature_extractor=None,  # type: ignore[arg-type]
         requires_safety_checker=False,
@@ -188,7 +261,9 @@ def build_regional_pipeline(recipe: RegionalRecipe, styles_dir: Path, cache_dir:
     return pipeline, timings
 
 
-def train_decoder(vae: AutoencoderKL, pixels: torch.Tensor, latents: torch.Tensor, recipe: RegionalRecipe, steps: int) -> AutoencoderKL:
+def train_decoder(
+    vae: AutoencoderKL, pixels: torch.Tensor, latents: torch.Tensor, recipe: RegionalRecipe, steps: int
+) -> AutoencoderKL:
     """Sharpen the VAE decoder on (latent crop -> pixel crop) pairs; the encoder, and so the
     latent space the UNet learned, stays frozen. `latents` [n, 4, 8, 8] are `pixels`' unscaled means."""
     assert vae.post_quant_conv is not None  # the SD layout has one
@@ -208,31 +283,61 @@ def train_decoder(vae: AutoencoderKL, pixels: torch.Tensor, latents: torch.Tenso
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         if step % 50 == 0 or step == steps - 1:
-            log.info("decoder step %d/%d loss %.4f (%.0f s)", step, steps, loss.item(), time.perf_counter() - started)
+            log.info(
+                "decoder step %d/%d loss %.4f (%.0f s)",
+                step,
+                steps,
+                loss.item(),
+                time.perf_counter() - started,
+            )
     return vae.eval()
 
 
 def refine_regional_pipeline(
-    model: Path, recipe: RegionalRecipe, styles_dir: Path, decoder_steps: int, unet_steps: int
+    model: Path,
+    recipe: RegionalRecipe,
+    styles_dir: Path,
+    decoder_steps: int,
+    unet_steps: int,
+    *,
+    stage: int = 1,
+    objective: str | None = None,
+    unet_batch: int | None = None,
 ) -> StableDiffusionPipeline:
-    """Continue a built model on a fresh draw of the mixture (seed + 1): the VAE decoder for
-    `decoder_steps`, then the UNet for `unet_steps` on a new cosine cycle. Deterministic."""
+    """Continue a built model on a fresh draw of the mixture (seed + `stage`): the VAE decoder for
+    `decoder_steps`, then the UNet for `unet_steps` on a new cosine cycle at half the build's lr,
+    for `objective` (default: the recipe's; switching to v_zero_snr also switches the saved
+    scheduler). Deterministic."""
     pipeline = StableDiffusionPipeline.from_pretrained(
-        model, dtype=torch.float32, use_safetensors=True, local_files_only=True,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        model,
+        dtype=torch.float32,
+        use_safetensors=True,
+        local_files_only=True,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
-    fresh = replace(recipe, seed=recipe.seed + 1, unet_steps=unet_steps, unet_warmup=20, unet_lr=recipe.unet_lr / 2)
+    fresh = replace(
+        recipe,
+        seed=recipe.seed + stage,
+        unet_steps=unet_steps,
+        unet_warmup=20,
+        unet_lr=recipe.unet_lr / 2,
+        objective=objective or recipe.objective,
+        unet_batch=unet_batch or recipe.unet_batch,
+    )
     captions = CaptionWriter(styles_dir)
     pixels, texts = draw_training_set(fresh, captions)
     raw = encode_latents(pipeline.vae.eval(), pixels)
-    vae = train_decoder(pipeline.vae, pixels, raw, fresh, decoder_steps)
+    vae = train_decoder(pipeline.vae, pixels, raw, fresh, decoder_steps) if decoder_steps else pipeline.vae
     scaling = float(vae.config["scaling_factor"])
     negatives = ["", *sorted({captions.served_negative(style) for style in (*REGIONAL_STYLES, "default")})]
     embeds = encode_texts(pipeline.tokenizer, pipeline.text_encoder, texts)
     dropout_embeds = encode_texts(pipeline.tokenizer, pipeline.text_encoder, negatives)
-    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    scheduler = training_scheduler(dict(pipeline.scheduler.config), fresh.objective)
     train_unet(raw * scaling, embeds, dropout_embeds, scheduler, fresh, unet=pipeline.unet)
     pipeline.unet.eval()
+    pipeline.scheduler = sampling_scheduler(pipeline.scheduler, fresh.objective)
     return pipeline
 
 
@@ -248,15 +353,27 @@ def save_regional_model(pipeline: StableDiffusionPipeline, target: Path, facts: 
 
 
 SHEET_REGIONS = (
-    ("hangzhou", "杭州"), ("suzhou", "苏州"), ("chengdu", "成都"), ("chongqing", "重庆"), ("beijing", "北京"),
-    ("guangzhou", "广州"), ("xiamen", "厦门"), ("harbin", "哈尔滨"), ("shanghai", "上海"),
+    ("hangzhou", "杭州"),
+    ("suzhou", "苏州"),
+    ("chengdu", "成都"),
+    ("chongqing", "重庆"),
+    ("beijing", "北京"),
+    ("guangzhou", "广州"),
+    ("xiamen", "厦门"),
+    ("harbin", "哈尔滨"),
+    ("shanghai", "上海"),
 )
-SHEET_THEMES = (("hangzhou + rain", "杭州", "下雨"), ("hangzhou + ink", "杭州", "水墨"), ("chengdu + spring", "成都", "春天"))
+SHEET_THEMES = (
+    ("hangzhou + rain", "杭州", "下雨"),
+    ("hangzhou + ink", "杭州", "水墨"),
+    ("chengdu + spring", "成都", "春天"),
+)
 
 
 def render_contact_sheet(model: Path, styles_dir: Path, out: Path, seeds: int = 4) -> Path:
     """A PNG grid: one row per region (and per region + theme), `seeds` covers each, 2x upscaled,
-    with the drawn-scene classifier's verdict under every cover."""
+    with the drawn-scene classifier's verdict under every cover. Covers are painted as the service
+    paints them: the region's prompt and its stack of the adapters found in `styles_dir`."""
     from PIL import Image, ImageDraw
 
     from covergen.models.loading import load_base_model
@@ -264,7 +381,8 @@ def render_contact_sheet(model: Path, styles_dir: Path, out: Path, seeds: int = 
     from covergen.scenes.classifier import classify
 
     base = load_base_model(str(model), cache_dir=default_cache_dir(), device="cpu", dtype="fp32")
-    painter = RegionPainter(base, styles_dir)
+    adapters = {path.parent.name: path for path in sorted(styles_dir.glob("*/adapter.safetensors"))}
+    painter = RegionPainter(base, styles_dir, adapters)
     rows: list[tuple[str, str, tuple[str, ...]]] = [(label, region, ()) for label, region in SHEET_REGIONS]
     rows += [(label, region, (theme,)) for label, region, theme in SHEET_THEMES]
     cell, label_width, caption = 128, 130, 12
@@ -273,7 +391,7 @@ def render_contact_sheet(model: Path, styles_dir: Path, out: Path, seeds: int = 
     for row, (label, region, themes) in enumerate(rows):
         top = row * (cell + caption)
         draw.text((4, top + cell // 2), label, fill="black")
-        for column, image in enumerate(painter.paint(region, range(seeds), themes=themes)):
+        for column, image in enumerate(painter.paint(region, range(seeds), themes=themes, adapters=True)):
             left = label_width + column * cell
             sheet.paste(Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST), (left, top))
             draw.text((left + 2, top + cell), classify(image)[:18], fill="black")
@@ -305,14 +423,37 @@ def main(argv: list[str] | None = None) -> int:
     refine.add_argument("--threads", type=int, default=1)
     refine.add_argument("--decoder-steps", type=int, default=200)
     refine.add_argument("--unet-steps", type=int, default=500)
+    refine.add_argument("--unet-batch", type=int, default=None, help="default: the recipe's")
+    refine.add_argument(
+        "--objective", choices=("epsilon", "v_zero_snr"), default=None, help="default: the model's"
+    )
     args = parser.parse_args(argv)
     if args.command == "refine":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         torch.set_num_threads(args.threads)
         facts = json.loads((args.model / COVERGEN_JSON).read_text(encoding="utf-8"))
         recipe = RegionalRecipe(**facts["recipe"])
-        pipeline = refine_regional_pipeline(args.model, recipe, args.styles_dir, args.decoder_steps, args.unet_steps)
-        facts["refined"] = facts.get("refined", []) + [{"decoder_steps": args.decoder_steps, "unet_steps": args.unet_steps}]
+        stages = facts.get("refined", [])
+        current = stages[-1].get("objective", recipe.objective) if stages else recipe.objective
+        objective = args.objective or current
+        pipeline = refine_regional_pipeline(
+            args.model,
+            recipe,
+            args.styles_dir,
+            args.decoder_steps,
+            args.unet_steps,
+            stage=len(stages) + 1,
+            objective=objective,
+            unet_batch=args.unet_batch,
+        )
+        facts["refined"] = stages + [
+            {
+                "decoder_steps": args.decoder_steps,
+                "unet_steps": args.unet_steps,
+                "objective": objective,
+                "unet_batch": args.unet_batch or recipe.unet_batch,
+            }
+        ]
         save_regional_model(pipeline, args.out, facts)
         log.info("wrote %s", args.out)
         return 0
@@ -325,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     recipe = RegionalRecipe(vae_steps=args.vae_steps, unet_steps=args.unet_steps, scenes=args.scenes)
     if args.out.exists():
         parser.error(f"{args.out} exists; remove it first to rebuild")
-    pipeline, timings = build_regional_pipeline(recipe, args.styles_dir, args.cache_dir or default_cache_dir())
+    pipeline, timings = build_regional_pipeline(
+        recipe, args.styles_dir, args.cache_dir or default_cache_dir()
+    )
     facts = {"zero_mean_noise": True, "default_size": 64, "recipe": recipe.__dict__}
     save_regional_model(pipeline, args.out, facts)
     log.info("wrote %s (%s)", args.out, ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

@@ -29,7 +29,7 @@ from covergen.models.clip_vocab import write_tokenizer_files
 from covergen.models.config_dirs import SD15_CONFIG_DIR
 
 REGIONAL_SPEC = "embedded:regional"  # trained on drawn regional scenes; see covergen.models.regional
-REGIONAL_DIR = Path(__file__).resolve().parents[1] / "embedded" / "regional-v1"  # committed weights
+REGIONAL_DIR = Path(__file__).resolve().parents[1] / "embedded" / "regional-v2"  # committed weights
 EMBEDDED_SPECS = frozenset({"embedded", "embedded:tiny", REGIONAL_SPEC})
 EMBEDDED_DIR_NAME = "embedded-tiny-v1"  # bump the suffix whenever the architecture or seed changes
 EMBEDDED_SEED = 20_241_125
