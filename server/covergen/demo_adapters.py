@@ -1,4 +1,4 @@
-"""Demo adapters for the embedded tiny model, so adapter stacking is real on a fresh machine.
+"""Demo adapters for the random `embedded` model, so adapter stacking is real on it.
 
 Each style card whose adapter file is missing gets a small deterministic LoRA (rank 4 on the
 UNet's attention projections), seeded from the style's name, written in the diffusers layout.
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings() if args.styles_dir is None else Settings(styles_dir=args.styles_dir)
     if settings.base_model not in ("embedded", "embedded:tiny"):
-        print("demo adapters are only for the embedded model; train real ones with covergen-train")
+        print(
+            f"no demo adapters for base model {settings.base_model!r} (they are for the random 'embedded' model)"
+        )
         return 0
     base = load_base_model("embedded", cache_dir=settings.resolved_cache_dir(), device="cpu", dtype="fp32")
     for path in ensure_demo_adapters(settings.styles_dir, base.pipeline.unet):
