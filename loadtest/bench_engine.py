@@ -602,14 +602,21 @@ def section_speedups(args: argparse.Namespace, base: StableDiffusionPipeline, fo
                 unet(inputs, 500, encoder_hidden_states=emb, return_dict=False)
                 if rep:
                     samples[name].append(time.perf_counter() - started)
-    base_ms = statistics.median(samples["AttnProcessor2_0 (SDPA, default)"])
     print(f"\nUNet forward settings, {args.arch} at {args.size} px, batch 2 (one job with CFG), "
           f"median of {args.micro_repeats} (interleaved):")  # fmt: skip
-    print("| setting | ms | x default |")
+    print_against_default(samples, "AttnProcessor2_0 (SDPA, default)", "ms", 1000.0, ".1f")
+
+
+def print_against_default(
+    samples: dict[str, list[float]], default: str, unit: str, scale: float, number: str
+) -> None:
+    """A markdown table of each arm's median (seconds x `scale`, in `unit`) and its ratio to `default`."""
+    base = statistics.median(samples[default])
+    print(f"| setting | {unit} | x default |")
     print("|---|---:|---:|")
     for name, values in samples.items():
-        ms = statistics.median(values)
-        print(f"| {name} | {1000 * ms:.1f} | {ms / base_ms:.3f} |")
+        value = statistics.median(values)
+        print(f"| {name} | {format(scale * value, number)} | {value / base:.3f} |")
 
 
 def section_settings(args: argparse.Namespace, base: StableDiffusionPipeline, folder: Path) -> None:
@@ -656,14 +663,9 @@ def section_settings(args: argparse.Namespace, base: StableDiffusionPipeline, fo
             if rep:  # the first rep warms every arm
                 samples[name].append(time.perf_counter() - started)
             assert isinstance(outcome, np.ndarray), outcome
-    base_s = statistics.median(samples["default"])
     print(f"\nspeed settings, {args.arch} at {args.size} px, one cover per batch (1-adapter stack), "
           f"{args.steps} steps unless stated, median of {repeats} (interleaved):")  # fmt: skip
-    print("| setting | s per cover | x default |")
-    print("|---|---:|---:|")
-    for name, values in samples.items():
-        seconds = statistics.median(values)
-        print(f"| {name} | {seconds:.3f} | {seconds / base_s:.3f} |")
+    print_against_default(samples, "default", "s per cover", 1.0, ".3f")
     print("| compile_unet=true | refused on a CPU (CUDA only) | - |")
 
 

@@ -79,24 +79,31 @@ V_ZERO_SNR = {
     "rescale_betas_zero_snr": True,
     "timestep_spacing": "trailing",
 }
+OBJECTIVES: dict[str, dict[str, object]] = {"epsilon": {}, "v_zero_snr": V_ZERO_SNR}  # scheduler overrides
+
+
+def _overrides(objective: str) -> dict[str, object]:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[objective]
 
 
 def training_scheduler(config: dict, objective: str) -> DDPMScheduler:
     """The noise schedule the UNet trains on for `objective`, from a base scheduler's config."""
-    if objective == "epsilon":
-        return DDPMScheduler.from_config(config)
-    if objective == "v_zero_snr":
-        return DDPMScheduler.from_config(config, **V_ZERO_SNR)
-    raise ValueError(f"unknown objective {objective!r}; use 'epsilon' or 'v_zero_snr'")
+    return DDPMScheduler.from_config(config, **_overrides(objective))
 
 
 def sampling_scheduler(base: ConfigMixin, objective: str) -> ConfigMixin:
     """The scheduler saved with the pipeline for `objective`: `base` itself for epsilon, DDIM with
     trailing timesteps on the zero-terminal-SNR schedule for v_zero_snr."""
-    training_scheduler(dict(base.config), objective)  # refuses an unknown objective
-    if objective == "v_zero_snr":
-        return DDIMScheduler.from_config(base.config, **V_ZERO_SNR)
-    return base
+    overrides = _overrides(objective)
+    return DDIMScheduler.from_config(base.config, **overrides) if overrides else base
+
+
+def _log_progress(what: str, step: int, total: int, loss: torch.Tensor, started: float) -> None:
+    log.info(
+        "%s step %d/%d loss %.4f (%.0f s)", what, step, total, loss.item(), time.perf_counter() - started
+    )
 
 
 def draw_training_set(recipe: RegionalRecipe, captions: CaptionWriter) -> tuple[torch.Tensor, list[str]]:
@@ -132,13 +139,7 @@ def train_vae(pixels: torch.Tensor, recipe: RegionalRecipe) -> AutoencoderKL:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         if step % 50 == 0 or step == recipe.vae_steps - 1:
-            log.info(
-                "vae step %d/%d loss %.4f (%.0f s)",
-                step,
-                recipe.vae_steps,
-                loss.item(),
-                time.perf_counter() - started,
-            )
+            _log_progress("vae", step, recipe.vae_steps, loss, started)
     return vae.eval()
 
 
@@ -162,6 +163,15 @@ def encode_texts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: l
         ).input_ids
         out.append(text_encoder(ids)[0])
     return torch.cat(out)
+
+
+def caption_embeddings(
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, captions: CaptionWriter, texts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of `texts` and of what a dropped caption becomes: the empty prompt or one of the
+    negative prompts the service sends (classifier-free guidance sees both at serving time)."""
+    negatives = ["", *sorted({captions.served_negative(style) for style in (*REGIONAL_STYLES, "default")})]
+    return encode_texts(tokenizer, text_encoder, texts), encode_texts(tokenizer, text_encoder, negatives)
 
 
 def train_unet(
@@ -211,13 +221,7 @@ def train_unet(
         optimizer.step()
         schedule.step()
         if step % 50 == 0 or step == recipe.unet_steps - 1:
-            log.info(
-                "unet step %d/%d loss %.4f (%.0f s)",
-                step,
-                recipe.unet_steps,
-                loss.item(),
-                time.perf_counter() - started,
-            )
+            _log_progress("unet", step, recipe.unet_steps, loss, started)
     return unet.eval()
 
 
@@ -241,9 +245,7 @@ def build_regional_pipeline(
     vae.register_to_config(scaling_factor=scaling)
     log.info("vae latents std %.4f -> scaling_factor %.4f", 1.0 / scaling, scaling)
 
-    negatives = ["", *sorted({captions.served_negative(style) for style in (*REGIONAL_STYLES, "default")})]
-    embeds = encode_texts(tokenizer, text_encoder, texts)
-    dropout_embeds = encode_texts(tokenizer, text_encoder, negatives)
+    embeds, dropout_embeds = caption_embeddings(tokenizer, text_encoder, captions, texts)
     scheduler = training_scheduler(dict(tiny.scheduler.config), recipe.objective)
     started = time.perf_counter()
     unet = train_unet(raw * scaling, embeds, dropout_embeds, scheduler, recipe)
@@ -283,13 +285,7 @@ def train_decoder(
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         if step % 50 == 0 or step == steps - 1:
-            log.info(
-                "decoder step %d/%d loss %.4f (%.0f s)",
-                step,
-                steps,
-                loss.item(),
-                time.perf_counter() - started,
-            )
+            _log_progress("decoder", step, steps, loss, started)
     return vae.eval()
 
 
@@ -331,9 +327,7 @@ def refine_regional_pipeline(
     raw = encode_latents(pipeline.vae.eval(), pixels)
     vae = train_decoder(pipeline.vae, pixels, raw, fresh, decoder_steps) if decoder_steps else pipeline.vae
     scaling = float(vae.config["scaling_factor"])
-    negatives = ["", *sorted({captions.served_negative(style) for style in (*REGIONAL_STYLES, "default")})]
-    embeds = encode_texts(pipeline.tokenizer, pipeline.text_encoder, texts)
-    dropout_embeds = encode_texts(pipeline.tokenizer, pipeline.text_encoder, negatives)
+    embeds, dropout_embeds = caption_embeddings(pipeline.tokenizer, pipeline.text_encoder, captions, texts)
     scheduler = training_scheduler(dict(pipeline.scheduler.config), fresh.objective)
     train_unet(raw * scaling, embeds, dropout_embeds, scheduler, fresh, unet=pipeline.unet)
     pipeline.unet.eval()
@@ -425,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     refine.add_argument("--unet-steps", type=int, default=500)
     refine.add_argument("--unet-batch", type=int, default=None, help="default: the recipe's")
     refine.add_argument(
-        "--objective", choices=("epsilon", "v_zero_snr"), default=None, help="default: the model's"
+        "--objective", choices=tuple(OBJECTIVES), default=None, help="default: the model's"
     )
     args = parser.parse_args(argv)
     if args.command == "refine":
