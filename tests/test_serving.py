@@ -75,6 +75,14 @@ async def test_same_request_same_bytes_and_variants_differ(service, stub) -> Non
     assert variant.seed != first.seed and variant.image != first.image
 
 
+async def test_served_by_names_the_local_painter_then_the_cache(stub) -> None:  # noqa: ANN001
+    painted = await cover(stub, region="广州", title="served_by says who painted")
+    hit = await cover(stub, region="广州", title="served_by says who painted")
+    assert (painted.cache_hit, painted.served_by) == (False, "local")
+    assert (hit.cache_hit, hit.served_by) == (True, "cache")
+    assert hit.image == painted.image
+
+
 async def test_theme_overlay_stacks_after_region(stub) -> None:  # noqa: ANN001
     plain = await cover(stub, region="杭州", title="春天来了")
     stacked = await cover(stub, region="杭州", title="春天来了", themes=["spring", "雨"])

@@ -1,8 +1,10 @@
 """CoverMaker: from (region, title) to a finished, cached cover. The one object the servicer calls.
 
 validate -> resolve region -> stack adapters (+ theme overlays, weight overrides)
-  -> build prompt -> derive seed -> cache key -> ResultCache.get_or_generate(
-         acquire adapters -> Engine.submit -> encode image)
+  -> build prompt -> derive seed -> adapter versions -> cache key -> ResultCache.get_or_generate(
+         Painter.paint -> encode image)
+
+The painter (painters.py) is the local engine by default, or a Ray Serve painter deployment.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from PIL import Image
 from covergen.adapters.registry import AdapterRegistry, AdapterSource
 from covergen.cache import CachedCover, CacheOutcome, ResultCache, cache_key
 from covergen.engine.batcher import Engine
-from covergen.engine.denoise import CoverJob
 from covergen.errors import InvalidRequest
+from covergen.painters import LocalPainter, Painter, PaintJob, StackAdapter
 from covergen.prompts import PromptBuilder
 from covergen.regions import RegionResolver, Resolution, StyleWeight
 from covergen.requests import FORMATS, CoverRequest, GenerationSettings, Limits, validate
@@ -58,6 +60,7 @@ class Cover:
     request_id: str
     style: str  # the primary style, for metrics and logs
     timings_ms: dict[str, float] = field(default_factory=dict)
+    served_by: str = ""  # "cache" on a hit, else the painter ("local", or a Ray painter replica id)
 
     @property
     def cache_hit(self) -> bool:
@@ -92,12 +95,15 @@ class CoverMaker:
         limits: Limits,
         base_model_id: str,
         scheduler_name: str,
+        painter: Painter | None = None,
     ) -> None:
+        """`painter`: who paints misses (default: a LocalPainter over `engine` and `registry`)."""
         self.library = library
         self.resolver = resolver
         self.prompts = prompts
         self.registry = registry
         self.engine = engine
+        self.painter: Painter = painter if painter is not None else LocalPainter(engine, registry)
         self.cache = cache
         self.limits = limits
         self.base_model_id = base_model_id
@@ -119,6 +125,7 @@ class CoverMaker:
             limits=self.limits,
             base_model_id=self.base_model_id,
             scheduler_name=self.scheduler_name,
+            painter=self.painter,
         )
 
     def replace_styles(self, library: StyleLibrary, resolver: RegionResolver, prompts: PromptBuilder) -> None:
@@ -176,8 +183,8 @@ class CoverMaker:
             for card, item in zip(plan.cards, plan.stack, strict=True)
             if item.weight > 0 and (path := self.library.adapter_path(card)) is not None
         ]
-        weights = await self.registry.acquire(source for source, _ in sources)
-        applied = tuple(AppliedAdapter(s.name, weights[s.name].version, w) for s, w in sources)
+        versions = await self.painter.versions([source for source, _ in sources])
+        applied = tuple(AppliedAdapter(s.name, versions[s.name], w) for s, w in sources)
         key = cache_key(
             {
                 "base": self.base_model_id,
@@ -194,9 +201,10 @@ class CoverMaker:
             }
         )
         timings: dict[str, float] = {}
+        painted_by: list[str] = []
 
         async def generate() -> CachedCover:
-            job = CoverJob(
+            job = PaintJob(
                 prompt=plan.prompt,
                 negative_prompt=plan.negative_prompt,
                 seed=plan.seed,
@@ -204,13 +212,14 @@ class CoverMaker:
                 height=plan.settings.height,
                 steps=plan.settings.steps,
                 guidance_scale=plan.settings.guidance_scale,
-                stack=tuple((weights[s.name], w) for s, w in sources),
+                adapters=tuple(StackAdapter(s.name, s.path, versions[s.name], w) for s, w in sources),
                 deadline=deadline,
             )
-            pixels = await self.engine.submit(job)
-            finished = time.monotonic()
-            timings["queue_ms"] = ((job.started_at or finished) - job.enqueued_at) * 1000
-            timings["generate_ms"] = (finished - (job.started_at or finished)) * 1000
+            painting = await self.painter.paint(job)
+            pixels = painting.pixels
+            painted_by.append(painting.painted_by)
+            timings["queue_ms"] = painting.queue_ms
+            timings["generate_ms"] = painting.generate_ms
             encode_started = time.perf_counter()
             image = await asyncio.to_thread(encode_image, pixels, plan.settings.format)
             timings["encode_ms"] = (time.perf_counter() - encode_started) * 1000
@@ -246,6 +255,7 @@ class CoverMaker:
             request_id=request_id,
             style=primary,
             timings_ms=timings,
+            served_by=painted_by[0] if painted_by else "cache",
         )
 
 

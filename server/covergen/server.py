@@ -1,6 +1,7 @@
 """The composition root: `build_service` wires settings into running parts, `serve` runs them.
 
-Settings -> base model -> Denoiser + Engine -> AdapterRegistry -> style library, regions,
+Settings -> `build_painting` (base model -> Denoiser + Engine -> AdapterRegistry; also what a
+Ray Serve painter replica runs) -> style library, regions,
 prompts -> ResultCache (Redis, embedded unless COVERGEN_REDIS_URL) -> Metrics -> CoverMaker ->
 servicers + health + reflection on one grpc.aio server. `Service.stop` drains: health turns
 NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get `drain_grace_s` to finish.
@@ -34,7 +35,7 @@ from covergen.models import LoadedBase, load_base_model
 from covergen.prompts import PromptBuilder
 from covergen.redis_server import EmbeddedRedis
 from covergen.regions import RegionResolver
-from covergen.requests import CoverRequest, Limits
+from covergen.requests import Limits
 from covergen.service import AdminServicer, CoverServicer, ServingState, _Calls
 from covergen.settings import Settings
 from covergen.styles import StyleLibrary
@@ -142,9 +143,24 @@ def _count_tokens(base: LoadedBase):  # noqa: ANN202
     return count
 
 
-async def build_service(settings: Settings) -> Service:
-    """Load the model and styles, start Redis and metrics, bind the gRPC port (not yet serving)."""
-    started = time.perf_counter()
+@dataclass
+class PaintingParts:
+    """The painting half of a server: the loaded base model, its engine (started, warmed up) and
+    adapter registry. `covergen-server` builds one; so does each Ray Serve painter replica."""
+
+    base: LoadedBase
+    metrics: Metrics
+    engine: Engine
+    registry: AdapterRegistry
+    model_id: str  # what the result cache keys on: the base model plus image-changing speedups
+
+    def close(self) -> None:
+        self.engine.close(5.0)
+        self.registry.close()
+
+
+async def build_painting(settings: Settings) -> PaintingParts:
+    """Load the base model, apply the speed settings, start the engine and warm it up."""
     base = await asyncio.to_thread(
         load_base_model,
         settings.base_model,
@@ -175,6 +191,17 @@ async def build_service(settings: Settings) -> Service:
         observer=observer,
         on_evict=lambda name: engine.run_on_worker(lambda: denoiser.forget(name)),
     )
+    engine.start()
+    # one tiny generation, so the first real request does not pay for lazy set-up
+    await engine.submit(CoverJob("warm up", "", 0, 64, 64, 1, settings.resolved_default_guidance()))
+    return PaintingParts(base, metrics, engine, registry, tuned.model_id(base.content_id))
+
+
+async def build_service(settings: Settings) -> Service:
+    """Load the model and styles, start Redis and metrics, bind the gRPC port (not yet serving)."""
+    started = time.perf_counter()
+    painting = await build_painting(settings)
+    base, metrics, engine, registry = painting.base, painting.metrics, painting.engine, painting.registry
     count_tokens = _count_tokens(base)
     library, resolver, prompts = load_styles(settings.styles_dir, count_tokens)
 
@@ -210,11 +237,9 @@ async def build_service(settings: Settings) -> Service:
         engine=engine,
         cache=cache,
         limits=limits,
-        base_model_id=tuned.model_id(base.content_id),
+        base_model_id=painting.model_id,
         scheduler_name=type(base.pipeline.scheduler).__name__,
     )
-    engine.start()
-    await _warm_up(maker, limits)
 
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -269,15 +294,6 @@ def _bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:
     if port == 0:
         raise ConfigError(f"cannot listen on {address}; set COVERGEN_GRPC_PORT to a free port")
     return port
-
-
-async def _warm_up(maker: CoverMaker, limits: Limits) -> None:
-    """Run one tiny generation so the first real request does not pay for lazy set-up."""
-    request = CoverRequest(region="default", title="warm up", steps=1, width=64, height=64)
-    plan = maker.plan(request)
-    await maker.engine.submit(
-        CoverJob(plan.prompt, plan.negative_prompt, 0, 64, 64, 1, limits.default_guidance)
-    )
 
 
 async def start_service(settings: Settings) -> Service:

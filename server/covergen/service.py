@@ -253,6 +253,7 @@ def _cover_response(cover: Cover) -> pb.GenerateCoverResponse:
         ),
         base_model=cover.base_model,
         request_id=cover.request_id,
+        served_by=cover.served_by,
     )
 
 
