@@ -1,6 +1,7 @@
 """`covergen-train`: train a style adapter, merge it into a base, or publish it to styles/.
 
     covergen-train --config styles/jiangnan/train.yaml [--resume] [--print-config] [--max-steps N]
+                   [--events progress.jsonl]
     covergen-train merge --base SPEC --lora FILE --weight 0.8 --out merged.safetensors
     covergen-train publish --output-dir OUT --style NAME --styles-dir styles/ [--server H:P --token T]
 
@@ -10,8 +11,11 @@ Mistakes in the config or the data end the run with one line per problem and exi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,22 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true", help="print the effective config, exit")
     parser.add_argument("--max-steps", type=int, help="stop after N optimizer steps (max_train_steps)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--events", type=Path, help="append progress events as JSON lines to this file (the studio reads it)"
+    )
     return parser
+
+
+def _event_writer(path: Path) -> Callable[[str, dict[str, Any]], None]:
+    """A `train(on_event=...)` hook appending `{"kind": ..., "t": unix time, ...}` lines, flushed each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a", encoding="utf-8")
+
+    def write(kind: str, fields: dict[str, Any]) -> None:
+        handle.write(json.dumps({"kind": kind, "t": time.time(), **fields}, ensure_ascii=False) + "\n")
+        handle.flush()
+
+    return write
 
 
 def _merge_parser() -> argparse.ArgumentParser:
@@ -68,7 +87,10 @@ def _run_train(argv: list[str]) -> int:
         return 0
     from .train import train
 
-    result = train(config, show_progress=not args.quiet)
+    if args.events is not None:
+        result = train(config, show_progress=not args.quiet, on_event=_event_writer(args.events))
+    else:
+        result = train(config, show_progress=not args.quiet)
     final = result.final_validation_loss
     start = result.start_validation_loss
     print(f"trained {result.global_step} steps on {result.num_train_images} images")

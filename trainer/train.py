@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,15 @@ from .samples import sample_grid
 
 log = logging.getLogger("trainer")
 _VALIDATION_SEED_OFFSET = 7919
+
+# Progress hook: `on_event(kind, fields)` with kind "start" (step, total_steps, batches_per_epoch),
+# "step" (step, loss, lr), "validation" (step, loss), "samples" (step, epoch, path) and "done"
+# (step). The CLI writes them as JSON lines (`--events FILE`); the studio draws its charts from them.
+TrainEvents = Callable[[str, dict[str, Any]], None]
+
+
+def _no_events(kind: str, fields: dict[str, Any]) -> None:
+    """The default hook: nothing listens."""
 
 
 @dataclass
@@ -131,7 +141,9 @@ def _load_data(config: TrainConfig) -> tuple[list[TrainImage], list[TrainImage],
     return train_set, validation_set, problems
 
 
-def train(config: TrainConfig, *, show_progress: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig, *, show_progress: bool = True, on_event: TrainEvents = _no_events
+) -> TrainResult:
     """Run (or resume) the training described by `config`; see the module docstring."""
     device = resolve_device(config.device)
     _check_precision(config, device)
@@ -226,13 +238,35 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> TrainResult:
             batch_size=config.batch_size,
         )
 
+    def save_samples(at_step: int) -> None:
+        if not config.sample_prompts:
+            return
+        grid = sample_grid(
+            pipe,
+            config.sample_prompts,
+            size=config.effective_resolution,
+            steps=config.sample_steps,
+            guidance_scale=config.sample_guidance_scale,
+            seed=config.seed,
+        )
+        writer.add_image("samples", grid, at_step, dataformats="HWC")
+        samples_dir = config.output_dir / "samples"
+        samples_dir.mkdir(parents=True, exist_ok=True)
+        path = samples_dir / f"step-{at_step:06d}.png"
+        Image.fromarray(grid).save(path)
+        epoch = math.ceil(micro_step / batches_per_epoch)
+        on_event("samples", {"step": at_step, "epoch": epoch, "path": str(path)})
+
     with lean_lora_forward(unet, text_encoder):  # peft's own forward again after the loop
         writer = SummaryWriter(log_dir=str(config.log_dir), purge_step=step if step else None)
+        on_event("start", {"step": step, "total_steps": total_steps, "batches_per_epoch": batches_per_epoch})
         if step == 0 and 0 not in validation_losses:
             start = validate()
             if start is not None:
                 validation_losses[0] = start
                 writer.add_scalar("validation/loss", start, 0)
+                on_event("validation", {"step": 0, "loss": start})
+            save_samples(0)  # what the base paints before any training: the grid's first row
 
         def micro_batch_loss(indices: list[int]) -> torch.Tensor:
             images = [train_set[i] for i in indices]
@@ -297,6 +331,7 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> TrainResult:
                 lr = lr_scheduler.get_last_lr()[0]
                 writer.add_scalar("train/loss", losses[-1], step)
                 writer.add_scalar("train/lr", lr, step)
+                on_event("step", {"step": step, "loss": losses[-1], "lr": lr})
                 progress.update(1)
                 progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
                 if step % config.save_steps == 0:
@@ -327,19 +362,8 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> TrainResult:
                     validation_losses[step] = value
                     writer.add_scalar("validation/loss", value, step)
                     log.info("step %d: held-out loss %.4f", step, value)
-                if config.sample_prompts:
-                    grid = sample_grid(
-                        pipe,
-                        config.sample_prompts,
-                        size=config.effective_resolution,
-                        steps=config.sample_steps,
-                        guidance_scale=config.sample_guidance_scale,
-                        seed=config.seed,
-                    )
-                    writer.add_image("samples", grid, step, dataformats="HWC")
-                    samples_dir = config.output_dir / "samples"
-                    samples_dir.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(grid).save(samples_dir / f"step-{step:06d}.png")
+                    on_event("validation", {"step": step, "loss": value})
+                save_samples(step)
         progress.close()
         writer.close()
 
@@ -390,4 +414,5 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> TrainResult:
         "skipped": problems,
     }
     (config.output_dir / "training.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
+    on_event("done", {"step": step})
     return result
