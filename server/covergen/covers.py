@@ -89,21 +89,26 @@ class CoverMaker:
         library: StyleLibrary,
         resolver: RegionResolver,
         prompts: PromptBuilder,
-        registry: AdapterRegistry,
-        engine: Engine,
+        registry: AdapterRegistry | None,
+        engine: Engine | None,
         cache: ResultCache | None,
         limits: Limits,
         base_model_id: str,
         scheduler_name: str,
         painter: Painter | None = None,
     ) -> None:
-        """`painter`: who paints misses (default: a LocalPainter over `engine` and `registry`)."""
+        """`painter`: who paints misses (default: a LocalPainter over `engine` and `registry`).
+        A maker whose painters are elsewhere (the Ray Serve ingress) has no engine or registry."""
         self.library = library
         self.resolver = resolver
         self.prompts = prompts
         self.registry = registry
         self.engine = engine
-        self.painter: Painter = painter if painter is not None else LocalPainter(engine, registry)
+        if painter is None:
+            if engine is None or registry is None:
+                raise ValueError("CoverMaker needs a painter, or an engine and a registry to paint with")
+            painter = LocalPainter(engine, registry)
+        self.painter: Painter = painter
         self.cache = cache
         self.limits = limits
         self.base_model_id = base_model_id

@@ -14,8 +14,10 @@ import copy
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from covergen import __version__
 from covergen.adapters.registry import AdapterRegistry, RegistryObserver
-from covergen.admin import StyleAdmin
+from covergen.admin import StyleAdmin, StyleLoader
 from covergen.cache import ResultCache
 from covergen.covers import CoverMaker
 from covergen.engine.batcher import Engine, EngineObserver
@@ -32,6 +34,7 @@ from covergen.engine.speedups import apply_speedups
 from covergen.errors import ConfigError
 from covergen.metrics import Metrics
 from covergen.models import LoadedBase, load_base_model
+from covergen.painters import LocalPainter, Painter
 from covergen.prompts import PromptBuilder
 from covergen.redis_server import EmbeddedRedis
 from covergen.regions import RegionResolver
@@ -94,9 +97,7 @@ class Service:
     server: grpc.aio.Server
     port: int
     metrics_port: int
-    base: LoadedBase
-    engine: Engine
-    registry: AdapterRegistry
+    painting: PaintingParts | None  # None where painters are elsewhere (the Ray Serve ingress)
     maker: CoverMaker
     metrics: Metrics
     health: health.aio.HealthServicer
@@ -104,6 +105,24 @@ class Service:
     cache: ResultCache | None
     embedded_redis: EmbeddedRedis | None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def _local(self) -> PaintingParts:
+        if self.painting is None:
+            raise AttributeError("this service paints on remote painters; it has no local model")
+        return self.painting
+
+    @property
+    def base(self) -> LoadedBase:
+        return self._local.base
+
+    @property
+    def engine(self) -> Engine:
+        return self._local.engine
+
+    @property
+    def registry(self) -> AdapterRegistry:
+        return self._local.registry
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: NOT_SERVING, refuse new calls, let in-flight ones finish."""
@@ -120,8 +139,8 @@ class Service:
         # and new calls get UNAVAILABLE from the servicer rather than a refused connection.
         await self.state.wait_idle(grace)
         await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
-        await asyncio.to_thread(self.engine.close, 5.0)
-        self.registry.close()
+        if self.painting is not None:
+            await asyncio.to_thread(self.painting.close)
         if self.cache is not None:
             await self.cache.close()
         if self.embedded_redis is not None:
@@ -131,16 +150,26 @@ class Service:
         log.info("stopped")
 
 
-def _count_tokens(base: LoadedBase):  # noqa: ANN202
+def _count_tokens(shared_tokenizer: Any):  # noqa: ANN202
     # A private copy: a fast tokenizer keeps padding and truncation settings on its shared Rust
     # backend, and the engine thread encodes padded batches with the pipeline's tokenizer while
     # requests are being planned on the event loop.
-    tokenizer = copy.deepcopy(base.pipeline.tokenizer)
+    tokenizer = copy.deepcopy(shared_tokenizer)
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
     return count
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What planning needs to know of the base model, wherever the model itself is loaded."""
+
+    model_id: str  # what the result cache keys on: the base model plus image-changing speedups
+    scheduler_name: str
+    default_size: int  # pixels
+    tokenizer: Any  # the base model's CLIP tokenizer: prompts are fitted to its 77-token window
 
 
 @dataclass
@@ -153,6 +182,12 @@ class PaintingParts:
     engine: Engine
     registry: AdapterRegistry
     model_id: str  # what the result cache keys on: the base model plus image-changing speedups
+
+    def facts(self) -> ModelFacts:
+        pipeline = self.base.pipeline
+        return ModelFacts(
+            self.model_id, type(pipeline.scheduler).__name__, self.base.default_size, pipeline.tokenizer
+        )
 
     def close(self) -> None:
         self.engine.close(5.0)
@@ -201,8 +236,30 @@ async def build_service(settings: Settings) -> Service:
     """Load the model and styles, start Redis and metrics, bind the gRPC port (not yet serving)."""
     started = time.perf_counter()
     painting = await build_painting(settings)
-    base, metrics, engine, registry = painting.base, painting.metrics, painting.engine, painting.registry
-    count_tokens = _count_tokens(base)
+    painter = LocalPainter(painting.engine, painting.registry)
+    return await build_front(
+        settings, painting.facts(), painting.metrics, painter, painting=painting, started=started
+    )
+
+
+AdminFactory = Callable[[CoverMaker, StyleLoader], Any]
+
+
+async def build_front(
+    settings: Settings,
+    facts: ModelFacts,
+    metrics: Metrics,
+    painter: Painter,
+    *,
+    painting: PaintingParts | None = None,
+    admin: AdminFactory | None = None,
+    started: float | None = None,
+) -> Service:
+    """Everything but the model: styles, cache, a CoverMaker over `painter`, servicers, health,
+    reflection, the bound port. `admin` builds AdminService's operations where `painting` is
+    None (default: StyleAdmin over the local registry)."""
+    started = time.perf_counter() if started is None else started
+    count_tokens = _count_tokens(facts.tokenizer)
     library, resolver, prompts = load_styles(settings.styles_dir, count_tokens)
 
     embedded_redis: EmbeddedRedis | None = None
@@ -225,7 +282,7 @@ async def build_service(settings: Settings) -> Service:
     limits = Limits(
         max_title_bytes=settings.max_title_bytes,
         max_size=settings.max_size,
-        default_size=base.default_size,
+        default_size=facts.default_size,
         default_steps=settings.resolved_default_steps(),
         default_guidance=settings.resolved_default_guidance(),
     )
@@ -233,12 +290,13 @@ async def build_service(settings: Settings) -> Service:
         library=library,
         resolver=resolver,
         prompts=prompts,
-        registry=registry,
-        engine=engine,
+        registry=painting.registry if painting is not None else None,
+        engine=painting.engine if painting is not None else None,
         cache=cache,
         limits=limits,
-        base_model_id=painting.model_id,
-        scheduler_name=type(base.pipeline.scheduler).__name__,
+        base_model_id=facts.model_id,
+        scheduler_name=facts.scheduler_name,
+        painter=painter,
     )
 
     options = [
@@ -250,8 +308,14 @@ async def build_service(settings: Settings) -> Service:
     state = ServingState()
     calls = _Calls(metrics, state, settings.log_titles)
     pb_grpc.add_CoverServiceServicer_to_server(CoverServicer(maker, calls), server)
-    admin = StyleAdmin(maker, registry, lambda: load_styles(settings.styles_dir, count_tokens))
-    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin, calls, settings.admin_token), server)
+    reload_styles: StyleLoader = lambda: load_styles(settings.styles_dir, count_tokens)  # noqa: E731
+    if painting is not None:
+        operations: Any = StyleAdmin(maker, painting.registry, reload_styles)
+    elif admin is not None:
+        operations = admin(maker, reload_styles)
+    else:
+        raise ConfigError("a service without a local model needs an admin factory")
+    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(operations, calls, settings.admin_token), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -266,9 +330,7 @@ async def build_service(settings: Settings) -> Service:
         server=server,
         port=port,
         metrics_port=metrics_port,
-        base=base,
-        engine=engine,
-        registry=registry,
+        painting=painting,
         maker=maker,
         metrics=metrics,
         health=health_servicer,

@@ -189,7 +189,9 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
     ) -> pb.ListStylesResponse:
         async def body() -> pb.ListStylesResponse:
             maker = self.maker
-            resident = {w: maker.registry.get_resident(w) for w in maker.registry.resident_names()}
+            registry = maker.registry  # None behind Ray Serve: nothing is resident in the ingress
+            names = registry.resident_names() if registry is not None else []
+            resident = {w: registry.get_resident(w) for w in names} if registry is not None else {}
             styles = []
             for card in sorted(maker.library, key=lambda c: c.name):
                 weights = resident.get(card.name)

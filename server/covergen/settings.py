@@ -100,6 +100,17 @@ class Settings(BaseSettings):
     embedded_redis_maxmemory: str = "256mb"
     redis_timeout_s: float = Field(0.1, gt=0.0, le=10.0)
 
+    # --- Ray Serve (covergen.rayserve: make serve-ray, deploy/ray/) -------------------------
+    ray_painter_replicas: int = Field(2, ge=1, le=64, description="painter replicas `make serve-ray` starts")
+    ray_painter_num_cpus: float = Field(0.5, gt=0.0, description="CPUs Ray reserves per painter replica")
+    ray_painter_num_gpus: float = Field(0.0, ge=0.0, description="GPUs per painter replica (1 on GPU nodes)")
+    ray_stacks_per_replica: int | None = Field(
+        None,
+        ge=1,
+        description="adapter stacks a painter replica keeps routed to it (Serve max_num_models_per_replica; "
+        "unset: max_resident_adapters // 3, as many as its adapter registry holds)",
+    )
+
     # --- logs ----------------------------------------------------------------------------------
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
