@@ -9,13 +9,13 @@ export DIFFUSERS_OFFLINE := 1
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto demo-adapters serve test lint bench-engine bench-trainer loadgen soak embedded-model regional-adapters contact-sheet clean-cache
+.PHONY: install proto demo-adapters serve serve-ray test lint bench-engine bench-trainer loadgen soak embedded-model regional-adapters contact-sheet clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,ray]"
 	touch $(STAMP)
 
 install: $(STAMP) proto
@@ -29,6 +29,11 @@ demo-adapters: install
 
 serve: install demo-adapters
 	$(BIN)/covergen-server
+
+# A local Ray cluster (2 CPUs, no dashboard), two painter replicas and the ingress on :50051;
+# SIGTERM drains and stops everything it started (covergen.rayserve.cli).
+serve-ray: install demo-adapters
+	$(BIN)/covergen-ray
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
