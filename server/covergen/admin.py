@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from covergen.adapters.registry import AdapterRegistry, AdapterSource
@@ -37,10 +37,18 @@ StyleLoader = Callable[[], tuple[StyleLibrary, RegionResolver, PromptBuilder]]
 class StyleAdmin:
     """The operations behind AdminService."""
 
-    def __init__(self, maker: CoverMaker, registry: AdapterRegistry, load_styles: StyleLoader) -> None:
+    def __init__(
+        self,
+        maker: CoverMaker,
+        registry: AdapterRegistry,
+        load_styles: StyleLoader,
+        after_reload: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """`after_reload`: run after new styles are swapped in (feed: standing covers, style health)."""
         self.maker = maker
         self.registry = registry
         self.load_styles = load_styles
+        self.after_reload = after_reload
         self._lock = asyncio.Lock()
 
     async def reload(self) -> ReloadReport:
@@ -67,6 +75,8 @@ class StyleAdmin:
                     self.registry.install(weights)
                     report.reloaded.append(card.name)
             self.maker.replace_styles(library, resolver, prompts)
+            if self.after_reload is not None:
+                await self.after_reload()
             return report
 
     async def load(self, style: str) -> tuple[str, float]:

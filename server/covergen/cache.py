@@ -254,6 +254,16 @@ class ResultCache:
         self._metrics.observe_cache(outcome.value)
         return cover, outcome
 
+    async def peek(self, key: str) -> CachedCover | None:
+        """The cover cached at `key`, or None (also while Redis is unavailable); never generates
+        and is not counted as a lookup (fallback choosers use it)."""
+        if not self._breaker.allows_call():
+            return None
+        try:
+            return await self._read(key)
+        except _RedisUnavailable:
+            return None
+
     async def ping(self) -> bool:
         """Whether Redis answers now (ignores the breaker; a success ends a logged outage)."""
         try:

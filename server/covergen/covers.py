@@ -15,6 +15,7 @@ import io
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from PIL import Image
 from covergen.adapters.registry import AdapterRegistry, AdapterSource
 from covergen.cache import CachedCover, CacheOutcome, ResultCache, cache_key
 from covergen.engine.batcher import Engine
+from covergen.engine.denoise import Priority
 from covergen.errors import InvalidRequest
 from covergen.painters import LocalPainter, Painter, PaintJob, StackAdapter
 from covergen.prompts import PromptBuilder
@@ -61,6 +63,9 @@ class Cover:
     style: str  # the primary style, for metrics and logs
     timings_ms: dict[str, float] = field(default_factory=dict)
     served_by: str = ""  # "cache" on a hit, else the painter ("local", or a Ray painter replica id)
+    arm: str = "regional"  # the A/B arm served: "regional" or "generic"
+    fallback: bool = False  # a fallback stood in for the region's cover (budgeted calls only)
+    fallback_reason: str = ""  # "budget", "overloaded" or "adapter_unavailable" when fallback
 
     @property
     def cache_hit(self) -> bool:
@@ -143,7 +148,7 @@ class CoverMaker:
         key = (
             request.region, request.title, request.seed, request.variant, request.width,
             request.height, request.steps, request.guidance_scale, request.format,
-            request.themes, tuple(sorted(request.adapter_weights.items())),
+            request.themes, tuple(sorted(request.adapter_weights.items())), request.arm,
         )  # fmt: skip
         plan = self._plans.get(key)
         if plan is not None:
@@ -160,37 +165,53 @@ class CoverMaker:
         library, resolver = self.library, self.resolver
         resolution = resolver.resolve(request.region)
         stack = list(resolution.stack)
+        weights = request.adapter_weights
+        if request.arm == "generic":
+            # the control arm: what the default style paints for this title, no regional adapters;
+            # overrides naming the region's adapters do not apply to it
+            stack = list(resolver.default_stack())
+            kept = {i.style for i in stack} | {library.overlay_for_theme(t).name for t in request.themes}
+            weights = {name: w for name, w in weights.items() if name in kept}
         for theme in request.themes:
             overlay = library.overlay_for_theme(theme)
             if all(item.style != overlay.name for item in stack):
                 stack.append(StyleWeight(overlay.name, overlay.default_weight))
         names = {item.style for item in stack}
-        unknown = sorted(set(request.adapter_weights) - names)
+        unknown = sorted(set(weights) - names)
         if unknown:
             raise InvalidRequest(
                 f"adapter_weights names {', '.join(unknown)}, which is not in this request's stack "
                 f"({', '.join(sorted(names)) or 'empty'}); only adapters of the resolved stack can be reweighted"
             )
-        stack = [StyleWeight(i.style, request.adapter_weights.get(i.style, i.weight)) for i in stack]
-        cards = tuple(library.get(item.style) for item in stack)
-        base = library.get("default")
+        stack = [StyleWeight(i.style, weights.get(i.style, i.weight)) for i in stack]
+        return self.plan_stack(request, resolution, stack, settings)
+
+    def plan_stack(
+        self,
+        request: CoverRequest,
+        resolution: Resolution,
+        stack: Sequence[StyleWeight],
+        settings: GenerationSettings | None = None,
+    ) -> Plan:
+        """The plan of `request` painted with an explicit `stack` (standing covers use this)."""
+        settings = settings if settings is not None else validate(request, self.limits)
+        cards = tuple(self.library.get(item.style) for item in stack)
+        base = self.library.get("default")
         built = self.prompts.build(request.title, base, cards)  # weight 0 drops the adapter, not the template
-        seed = request.seed if request.seed is not None else derive_seed(request, stack)
+        seed = request.seed if request.seed is not None else derive_seed(request, list(stack))
         return Plan(resolution, tuple(stack), cards, built.prompt, built.negative_prompt, seed, settings)
 
-    async def make(self, request: CoverRequest, deadline: float | None = None) -> Cover:
-        """The cover for `request`; `deadline` is a time.monotonic() value or None."""
-        started = time.perf_counter()
-        request_id = uuid.uuid4().hex[:16]
-        plan = self.plan(request)
-        sources = [
+    def sources_of(self, plan: Plan) -> list[tuple[AdapterSource, float]]:
+        """The adapter files a plan paints with and their weights (weight-0 and file-less left out)."""
+        return [
             (AdapterSource(card.name, path), item.weight)
             for card, item in zip(plan.cards, plan.stack, strict=True)
             if item.weight > 0 and (path := self.library.adapter_path(card)) is not None
         ]
-        versions = await self.painter.versions([source for source, _ in sources])
-        applied = tuple(AppliedAdapter(s.name, versions[s.name], w) for s, w in sources)
-        key = cache_key(
+
+    def key_of(self, plan: Plan, applied: Sequence[AppliedAdapter]) -> str:
+        """The result-cache key of a plan painted with `applied` (adapter versions included)."""
+        return cache_key(
             {
                 "base": self.base_model_id,
                 "adapters": [[a.name, a.version, a.weight] for a in applied],
@@ -205,6 +226,22 @@ class CoverMaker:
                 "format": plan.settings.format,
             }
         )
+
+    async def make(
+        self, request: CoverRequest, deadline: float | None = None, *, priority: Priority | None = None
+    ) -> Cover:
+        """The cover for `request`; `deadline` is a time.monotonic() value or None.
+
+        `priority`: the engine priority of a miss (default LIVE); the caller keeps the object
+        and may demote it while the job waits (budgeted calls, prepare jobs).
+        """
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex[:16]
+        plan = self.plan(request)
+        sources = self.sources_of(plan)
+        versions = await self.painter.versions([source for source, _ in sources])
+        applied = tuple(AppliedAdapter(s.name, versions[s.name], w) for s, w in sources)
+        key = self.key_of(plan, applied)
         timings: dict[str, float] = {}
         painted_by: list[str] = []
 
@@ -219,6 +256,7 @@ class CoverMaker:
                 guidance_scale=plan.settings.guidance_scale,
                 adapters=tuple(StackAdapter(s.name, s.path, versions[s.name], w) for s, w in sources),
                 deadline=deadline,
+                priority=priority if priority is not None else Priority(),
             )
             painting = await self.painter.paint(job)
             pixels = painting.pixels
@@ -261,6 +299,7 @@ class CoverMaker:
             style=primary,
             timings_ms=timings,
             served_by=painted_by[0] if painted_by else "cache",
+            arm=request.arm,
         )
 
 

@@ -18,6 +18,15 @@ Exposed series (every name starts with `covergen_`):
     inflight_requests, queue_depth, queue_capacity   gauges
     cancelled_total{reason}                   counter, reason = deadline | cancelled
     device_memory_bytes{device,kind}          gauge, CUDA allocated/reserved, or CPU rss
+    feed (issue 16):
+    arm_requests_total{arm}                   counter, GenerateCover answers by A/B arm served
+    fallbacks_total{reason,arm}               counter, fallback covers by reason
+    adapter_unavailable_total{style}          counter, requests that met an unusable style
+    prepare_jobs_total{outcome}               counter, queued / painted / cached / retried /
+                                              dead_letter / reclaimed
+    prepare_stream_lag, prepare_pending       gauges, jobs not yet taken / taken, not acknowledged
+    prepare_oldest_job_age_seconds            gauge, age of the oldest job still on the stream
+    prepare_dead_letters                      gauge, entries on the dead-letter stream
     build_info{version,base_model,device}     always 1
 """
 
@@ -65,6 +74,8 @@ _SAMPLE_SUFFIXES: dict[str, tuple[str, ...]] = {
 }
 
 CacheOutcomeLabel = Literal["hit", "miss", "coalesced", "bypass"]
+FALLBACK_REASONS = ("budget", "overloaded", "adapter_unavailable")
+PREPARE_OUTCOMES = ("queued", "painted", "cached", "retried", "dead_letter", "reclaimed")
 CancelReason = Literal["deadline", "cancelled"]
 
 
@@ -184,6 +195,7 @@ class Metrics:
             self._cache_requests.labels(outcome=outcome)
         for reason in ("deadline", "cancelled"):
             self._cancelled.labels(reason=reason)
+        self._init_feed_metrics(r)
         build = Info("covergen_build", "Version, base model and device of this server.",
                      registry=r)  # fmt: skip
         build.info({"version": version, "base_model": base_model, "device": device})
@@ -243,6 +255,69 @@ class Metrics:
 
     def set_adapters_resident(self, count: int) -> None:
         self._adapters_resident.set(count)
+
+    # -- feed-time serving (issue 16) ---------------------------------------------------------
+
+    def _init_feed_metrics(self, r: CollectorRegistry) -> None:
+        self._arm_requests = Counter(
+            "covergen_arm_requests", "GenerateCover answers by the A/B arm served.", ["arm"], registry=r
+        )
+        self._fallbacks = Counter(
+            "covergen_fallbacks", "Fallback covers served instead of the region's, by reason.",
+            ["reason", "arm"], registry=r,
+        )  # fmt: skip
+        self._adapter_unavailable = Counter(
+            "covergen_adapter_unavailable", "Requests that needed a style whose adapter cannot be used.",
+            ["style"], registry=r,
+        )  # fmt: skip
+        self._prepare_jobs = Counter(
+            "covergen_prepare_jobs", "Prepare jobs by outcome.", ["outcome"], registry=r
+        )
+        self._prepare_lag = Gauge(
+            "covergen_prepare_stream_lag", "Prepare jobs on the stream not yet taken by a replica.", registry=r
+        )
+        self._prepare_pending = Gauge(
+            "covergen_prepare_pending", "Prepare jobs taken by a replica and not yet acknowledged.", registry=r
+        )
+        self._prepare_oldest = Gauge(
+            "covergen_prepare_oldest_job_age_seconds",
+            "Age of the oldest prepare job still on the stream (0 when empty).", registry=r,
+        )  # fmt: skip
+        self._dead_letters = Gauge(
+            "covergen_prepare_dead_letters", "Entries on the prepare dead-letter stream.", registry=r
+        )
+        for arm in ("regional", "generic"):
+            self._arm_requests.labels(arm=arm)
+            for reason in FALLBACK_REASONS:
+                self._fallbacks.labels(reason=reason, arm=arm)
+        for outcome in PREPARE_OUTCOMES:
+            self._prepare_jobs.labels(outcome=outcome)
+
+    def count_arm(self, arm: str) -> None:
+        """Count one GenerateCover answer served on `arm` ("regional" or "generic")."""
+        self._arm_requests.labels(arm=arm).inc()
+
+    def count_fallback(self, reason: str, arm: str) -> None:
+        """Count one fallback cover by reason ("budget", "overloaded", "adapter_unavailable")."""
+        if reason not in FALLBACK_REASONS:
+            raise ValueError(f"fallback reason {reason!r} is not one of {', '.join(FALLBACK_REASONS)}")
+        self._fallbacks.labels(reason=reason, arm=arm).inc()
+
+    def count_adapter_unavailable(self, style: str) -> None:
+        self._adapter_unavailable.labels(style=style).inc()
+
+    def count_prepare(self, outcome: str, n: int = 1) -> None:
+        """Count prepare jobs by outcome (see PREPARE_OUTCOMES)."""
+        if outcome not in PREPARE_OUTCOMES:
+            raise ValueError(f"prepare outcome {outcome!r} is not one of {', '.join(PREPARE_OUTCOMES)}")
+        self._prepare_jobs.labels(outcome=outcome).inc(n)
+
+    def set_prepare_stream(self, lag: int, pending: int, oldest_age_s: float, dead_letters: int) -> None:
+        """The prepare stream's state as last read from Redis."""
+        self._prepare_lag.set(lag)
+        self._prepare_pending.set(pending)
+        self._prepare_oldest.set(oldest_age_s)
+        self._dead_letters.set(dead_letters)
 
     # -- exposition -------------------------------------------------------------------------
 

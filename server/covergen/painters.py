@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from covergen.adapters.registry import AdapterRegistry, AdapterSource
 from covergen.engine.batcher import Engine
-from covergen.engine.denoise import CoverJob
+from covergen.engine.denoise import CoverJob, Priority
 from covergen.errors import AdapterRejected
 
 LOCAL_PAINTER = "local"  # GenerateCoverResponse.served_by of the single-process server
@@ -59,6 +59,9 @@ class PaintJob:
     guidance_scale: float
     adapters: tuple[StackAdapter, ...] = ()
     deadline: float | None = None  # time.monotonic() of the process that built the job
+    # LIVE, BACKGROUND or PREPARE (engine/denoise.py). Shared by reference with the local engine,
+    # so a budgeted caller can demote its queued job; a copy sent to another process is not.
+    priority: Priority = field(default_factory=Priority, compare=False)
 
     @property
     def stack_id(self) -> str:
@@ -132,6 +135,7 @@ class LocalPainter:
             guidance_scale=job.guidance_scale,
             stack=tuple((weights[a.name], a.weight) for a in job.adapters),
             deadline=job.deadline,
+            priority=job.priority,
         )
         pixels = await self.engine.submit(cover_job)
         finished = time.monotonic()

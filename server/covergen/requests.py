@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from covergen.errors import InvalidRequest
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+ARMS = ("regional", "generic")
 MAX_REGION_BYTES = 64
 MAX_THEMES = 4
 MAX_THEME_BYTES = 32
@@ -50,6 +51,7 @@ class CoverRequest:
     format: str = "png"
     themes: tuple[str, ...] = ()
     adapter_weights: dict[str, float] = field(default_factory=dict)
+    arm: str = "regional"  # A/B arm: "regional" (the region's stack) or "generic" (the default's)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ def validate(request: CoverRequest, limits: Limits) -> GenerationSettings:
         raise InvalidRequest(
             f"guidance_scale {guidance} is outside [{GUIDANCE_RANGE[0]}, {GUIDANCE_RANGE[1]}]; leave it unset for the default"
         )
+    if request.arm not in ARMS:
+        raise InvalidRequest(f"arm '{request.arm}' is not one of {', '.join(ARMS)}")
     if request.format not in FORMATS:
         raise InvalidRequest(f"format '{request.format}' is not one of {', '.join(FORMATS)}")
     if len(request.themes) > MAX_THEMES:

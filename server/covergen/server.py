@@ -32,6 +32,7 @@ from covergen.engine.batcher import Engine, EngineObserver
 from covergen.engine.denoise import CoverJob
 from covergen.engine.speedups import apply_speedups
 from covergen.errors import ConfigError
+from covergen.feed.parts import FeedParts, build_feed
 from covergen.metrics import Metrics
 from covergen.models import LoadedBase, load_base_model
 from covergen.painters import LocalPainter, Painter
@@ -104,6 +105,7 @@ class Service:
     state: ServingState
     cache: ResultCache | None
     embedded_redis: EmbeddedRedis | None
+    feed: FeedParts | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -139,6 +141,8 @@ class Service:
         # and new calls get UNAVAILABLE from the servicer rather than a refused connection.
         await self.state.wait_idle(grace)
         await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
+        if self.feed is not None:
+            await self.feed.close()
         if self.painting is not None:
             await asyncio.to_thread(self.painting.close)
         if self.cache is not None:
@@ -264,6 +268,7 @@ async def build_front(
 
     embedded_redis: EmbeddedRedis | None = None
     cache: ResultCache | None = None
+    cache_url: str | None = None  # also the prepare stream's Redis
     if settings.cache_enabled:
         url = settings.redis_url
         if url is None:
@@ -272,10 +277,12 @@ async def build_front(
             )
             url = await asyncio.to_thread(embedded_redis.start)
             log.info("embedded Redis at %s", url)
+        cache_url = url
         cache = ResultCache(
             url,
             metrics,
             ttl_s=settings.cache_ttl_s,
+            lock_ttl_s=settings.cache_lock_ttl_s,
             socket_timeout_s=settings.redis_timeout_s,
             connect_timeout_s=settings.redis_timeout_s,
         )
@@ -298,6 +305,8 @@ async def build_front(
         scheduler_name=facts.scheduler_name,
         painter=painter,
     )
+    feed = build_feed(settings, maker, painting.engine if painting is not None else None, metrics, cache_url)
+    await feed.start()
 
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -307,10 +316,10 @@ async def build_front(
     server = grpc.aio.server(options=options)
     state = ServingState()
     calls = _Calls(metrics, state, settings.log_titles)
-    pb_grpc.add_CoverServiceServicer_to_server(CoverServicer(maker, calls), server)
+    pb_grpc.add_CoverServiceServicer_to_server(CoverServicer(maker, calls, feed), server)
     reload_styles: StyleLoader = lambda: load_styles(settings.styles_dir, count_tokens)  # noqa: E731
     if painting is not None:
-        operations: Any = StyleAdmin(maker, painting.registry, reload_styles)
+        operations: Any = StyleAdmin(maker, painting.registry, reload_styles, after_reload=feed.after_reload)
     elif admin is not None:
         operations = admin(maker, reload_styles)
     else:
@@ -337,6 +346,7 @@ async def build_front(
         state=state,
         cache=cache,
         embedded_redis=embedded_redis,
+        feed=feed,
     )
 
 

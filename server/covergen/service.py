@@ -26,10 +26,14 @@ from covergen.errors import (
     CovergenError,
     DeadlineExceeded,
     Draining,
+    InvalidRequest,
     PermissionDenied,
     Unauthenticated,
     status_for,
 )
+from covergen.feed.budget import FeedRequest
+from covergen.feed.parts import FeedParts
+from covergen.feed.prepare import PrepareRequest
 from covergen.metrics import Metrics
 from covergen.requests import CoverRequest
 from covergen.v1 import cover_pb2 as pb
@@ -148,10 +152,23 @@ class _Calls:
             return result
 
 
+_ARMS: dict[int, str | None] = {pb.ARM_UNSPECIFIED: None, pb.ARM_REGIONAL: "regional", pb.ARM_GENERIC: "generic"}
+_ARM_VALUES = {"regional": pb.ARM_REGIONAL, "generic": pb.ARM_GENERIC}
+
+
+def _arm_of(value: int) -> str | None:
+    if value not in _ARMS:
+        raise InvalidRequest(
+            f"arm {value} is not one of ARM_UNSPECIFIED (0), ARM_REGIONAL (1), ARM_GENERIC (2)"
+        )
+    return _ARMS[value]
+
+
 class CoverServicer(pb_grpc.CoverServiceServicer):
-    def __init__(self, maker: CoverMaker, calls: _Calls) -> None:
+    def __init__(self, maker: CoverMaker, calls: _Calls, feed: FeedParts) -> None:
         self.maker = maker
         self.calls = calls
+        self.feed = feed
 
     async def GenerateCover(  # noqa: N802 - gRPC method name
         self, request: pb.GenerateCoverRequest, context: grpc.aio.ServicerContext
@@ -174,12 +191,18 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
         fields: dict[str, Any] = {"region": request.region[:64], "title": request.title[:128]}
 
         async def body() -> pb.GenerateCoverResponse:
-            cover = await self.maker.make(cover_request, deadline)
+            feed_request = FeedRequest(
+                cover_request, budget_ms=request.budget_ms, arm=_arm_of(request.arm), unit_id=request.unit_id
+            )
+            cover = await self.feed.covers.make(feed_request, deadline)
             fields.update(
                 request_id=cover.request_id,
                 cache=cover.cache_outcome.value if cover.cache_outcome else "off",
                 timings=cover.timings_ms,
+                arm=cover.arm,
             )
+            if cover.fallback:
+                fields["fallback"] = cover.fallback_reason
             return _cover_response(cover)
 
         return await self.calls.run("GenerateCover", context, body, fields, _style_of_response)
@@ -206,6 +229,8 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
                         version=version,
                         aliases=list(card.aliases),
                         resident=weights is not None,
+                        usable=(reason := self.feed.health.reason(card.name)) is None,
+                        unusable_reason=reason or "",
                     )
                 )
             return pb.ListStylesResponse(styles=styles)
@@ -225,6 +250,31 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
             )
 
         return await self.calls.run("ResolveRegion", context, body, {"region": request.region[:64]})
+
+
+    async def PrepareCovers(  # noqa: N802
+        self, request: pb.PrepareCoversRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PrepareCoversResponse:
+        prepare = PrepareRequest(
+            titles=tuple(t for t in (request.title, *request.titles) if t),
+            regions=tuple(request.regions),
+            variants=request.variants,
+            width=request.width,
+            height=request.height,
+            steps=request.steps,
+            format=_FORMATS.get(request.format, f"unknown({request.format})"),
+            count_only=request.count_only,
+        )
+
+        async def body() -> pb.PrepareCoversResponse:
+            report = await self.feed.preparer.prepare(prepare)
+            return pb.PrepareCoversResponse(
+                regions=report.regions, covers=report.covers, cached=report.cached, queued=report.queued,
+                in_progress=report.in_progress, failed=report.failed,
+            )  # fmt: skip
+
+        fields = {"title": request.title[:128], "titles": len(request.titles), "regions": len(request.regions)}
+        return await self.calls.run("PrepareCovers", context, body, fields)
 
 
 def _style_of_response(response: pb.GenerateCoverResponse) -> str:
@@ -255,6 +305,9 @@ def _cover_response(cover: Cover) -> pb.GenerateCoverResponse:
         ),
         base_model=cover.base_model,
         request_id=cover.request_id,
+        fallback=cover.fallback,
+        fallback_reason=cover.fallback_reason,
+        arm=_ARM_VALUES[cover.arm],
         served_by=cover.served_by,
     )
 

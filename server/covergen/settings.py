@@ -100,6 +100,28 @@ class Settings(BaseSettings):
     embedded_redis_maxmemory: str = "256mb"
     redis_timeout_s: float = Field(0.1, gt=0.0, le=10.0)
 
+    cache_lock_ttl_s: float = Field(
+        120.0, gt=0.0, description="a replica's generation lock; longer than the slowest cover, or two paint it"
+    )
+
+    # --- feed-time serving (issue 16) ----------------------------------------------------------
+    max_budget_ms: int = Field(10_000, ge=1, le=600_000, description="largest GenerateCover budget_ms")
+    max_unit_id_bytes: int = Field(128, ge=1, le=4096)
+    experiment_name: str | None = Field(
+        None, description="A/B experiment salting the arm hash; unset: ARM_UNSPECIFIED serves regional"
+    )
+    experiment_generic_share: float = Field(0.5, ge=0.0, le=1.0, description="share of units on ARM_GENERIC")
+    standing_covers: bool = Field(True, description="paint one fallback cover per style at start-up and reload")
+    prepare_consumer: bool = Field(True, description="take PrepareCovers jobs from the Redis Stream")
+    prepare_concurrency: int | None = Field(None, ge=1, le=256, description="prepare jobs in flight (unset: max_batch)")
+    prepare_visibility_timeout_s: float = Field(
+        120.0, gt=0.0, description="a taken job idle this long is reclaimed by another replica"
+    )
+    prepare_max_attempts: int = Field(3, ge=1, le=100, description="failures before the dead-letter stream")
+    max_prepare_titles: int = Field(50, ge=1)
+    max_prepare_regions: int = Field(1000, ge=1)
+    max_prepare_variants: int = Field(8, ge=1, le=1000)
+
     # --- Ray Serve (covergen.rayserve: make serve-ray, deploy/ray/) -------------------------
     ray_painter_replicas: int = Field(2, ge=1, le=64, description="painter replicas `make serve-ray` starts")
     ray_painter_num_cpus: float = Field(0.5, gt=0.0, description="CPUs Ray reserves per painter replica")

@@ -1,7 +1,8 @@
 """The engine: a bounded admission queue and one worker thread that runs batches.
 
 `Engine.submit` (async, any event loop) admits a job or refuses it at once with `Overloaded`
-when `max_queue` jobs are already waiting. The worker takes the oldest job, gathers up to
+when `max_queue` jobs are already waiting. The worker takes the oldest job of the best priority
+(`CoverJob.priority`: live, then background completions, then prepare jobs), gathers up to
 `max_batch - 1` more jobs with the same batch key for at most `max_wait_ms`, runs them through the
 `Denoiser` and hands each result back to its caller's event loop. A caller that goes away marks
 its job cancelled; the denoiser notices between steps.
@@ -149,7 +150,8 @@ class Engine:
                 if self._closing:
                     return None
                 self._cond.wait()
-            first = self._pending.popleft()
+            first = min(self._pending, key=lambda p: p.job.priority.value)  # oldest of the best
+            self._pending.remove(first)
             batch = [first]
             key = first.job.batch_key()
             deadline = time.monotonic() + self.max_wait_s
@@ -164,7 +166,8 @@ class Engine:
             return batch
 
     def _take_compatible(self, key: tuple[int, int, int], limit: int) -> list[_Pending]:
-        taken = [p for p in self._pending if p.job.batch_key() == key][:limit]
+        compatible = [p for p in self._pending if p.job.batch_key() == key]
+        taken = sorted(compatible, key=lambda p: p.job.priority.value)[:limit]  # stable: oldest first
         for p in taken:
             self._pending.remove(p)
         return taken

@@ -25,6 +25,26 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 from covergen.engine.lora_layers import PerSampleLora, StackItem, stack_signature
 from covergen.errors import Cancelled, CovergenError, DeadlineExceeded, Overloaded
 
+# Admission priorities: lower runs first. A live caller waits on its job; a background job
+# finishes a cover whose caller already got a fallback within its budget; a prepare job paints a
+# cover ahead of readers (PrepareCovers). See PRIORITY-INTERFACE.md.
+LIVE, BACKGROUND, PREPARE = 0, 1, 2
+
+
+@dataclass
+class Priority:
+    """A job's admission priority, shared with whoever submitted it so they can lower it.
+
+    The engine reads `value` every time it chooses what to admit next; a budgeted call lowers its
+    queued job from LIVE to BACKGROUND (`demote`) when it answers with a fallback instead.
+    """
+
+    value: int = LIVE
+
+    def demote(self, to: int = BACKGROUND) -> None:
+        """Lower the priority to `to` (never raises it)."""
+        self.value = max(self.value, to)
+
 
 @dataclass
 class CoverJob:
@@ -42,6 +62,7 @@ class CoverJob:
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
+    priority: Priority = field(default_factory=Priority)  # LIVE, BACKGROUND or PREPARE
 
     def batch_key(self) -> tuple[int, int, int]:
         """Jobs with equal keys can share one denoising loop."""
