@@ -25,7 +25,7 @@ proto: $(STAMP)
 	  --grpc_python_out=server proto/covergen/v1/*.proto
 
 demo-adapters: install
-	$(BIN)/python -m covergen.demo_adapters
+	$(BIN)/python -m trainer.embedded.demo_adapters
 
 serve: install demo-adapters
 	$(BIN)/covergen-server
@@ -60,11 +60,11 @@ soak: install
 # VAE + epsilon UNet, a refine stage, then a short switch to v-prediction at zero terminal SNR.
 embedded-model: install
 	rm -rf .cache/regional-build
-	$(BIN)/python -m covergen.models.regional build --out .cache/regional-build/stage1
-	$(BIN)/python -m covergen.models.regional refine --model .cache/regional-build/stage1 \
+	$(BIN)/python -m trainer.embedded.regional build --out .cache/regional-build/stage1
+	$(BIN)/python -m trainer.embedded.regional refine --model .cache/regional-build/stage1 \
 	  --out .cache/regional-build/stage2
 	rm -rf server/covergen/embedded/regional-v2
-	$(BIN)/python -m covergen.models.regional refine --model .cache/regional-build/stage2 \
+	$(BIN)/python -m trainer.embedded.regional refine --model .cache/regional-build/stage2 \
 	  --out server/covergen/embedded/regional-v2 --decoder-steps 0 --unet-steps 400 --unet-batch 32 \
 	  --objective v_zero_snr
 
@@ -73,7 +73,7 @@ embedded-model: install
 REGIONAL_ADAPTERS := jiangnan chuanyu_hotpot hutong_breakfast lingnan_arcade minnan_redbrick \
   night_market_bbq rain spring ink_wash
 regional-adapters: install
-	$(BIN)/python -m covergen.scenes --out .cache/scenes
+	$(BIN)/python -m trainer.scenes --out .cache/scenes
 	set -e; for style in $(REGIONAL_ADAPTERS); do \
 	  rm -rf runs/$$style; \
 	  $(BIN)/covergen-train --config styles/$$style/train.yaml --quiet; \
@@ -81,7 +81,7 @@ regional-adapters: install
 	done
 
 contact-sheet: install
-	$(BIN)/python -m covergen.models.regional sheet --out docs/contact-sheet.png
+	$(BIN)/python -m trainer.embedded.regional sheet --out docs/contact-sheet.png
 
 clean-cache:
 	rm -rf .cache

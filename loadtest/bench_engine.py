@@ -627,9 +627,9 @@ def section_settings(args: argparse.Namespace, base: StableDiffusionPipeline, fo
     from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
 
     from covergen.adapters.files import read_lora_file
-    from covergen.demo_adapters import demo_state_dict
     from covergen.engine.speedups import apply_speedups
     from covergen.settings import LCM_DEFAULT_STEPS, Settings
+    from trainer.embedded.demo_adapters import demo_state_dict
 
     taesd = folder / "taesd"  # taesd's architecture (the class defaults), random weights: times only
     with torch.random.fork_rng(devices=[]):

@@ -9,7 +9,7 @@
   descriptors can be read from /proc without the load generator's own.
 
 Spawned servers serve a private copy of the styles folder with demo adapters filled in
-(`python -m covergen.demo_adapters`), so a fresh checkout works.
+(`python -m trainer.embedded.demo_adapters`), so a fresh checkout works.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def prepare_styles(source: Path | None = None) -> Path:
     target = Path(tempfile.mkdtemp(prefix="covergen-load-styles-")) / "styles"
     shutil.copytree(source, target)
     subprocess.run(
-        [sys.executable, "-m", "covergen.demo_adapters", "--styles-dir", str(target)],
+        [sys.executable, "-m", "trainer.embedded.demo_adapters", "--styles-dir", str(target)],
         check=True,
         stdout=subprocess.DEVNULL,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

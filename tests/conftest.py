@@ -44,7 +44,7 @@ def embedded_base(model_cache_dir: Path):  # noqa: ANN201
 @pytest.fixture(scope="session")
 def styles_dir(tmp_path_factory: pytest.TempPathFactory, embedded_base) -> Path:  # noqa: ANN001
     """A private copy of styles/ with demo adapters for every style that lacks one."""
-    from covergen.demo_adapters import ensure_demo_adapters
+    from trainer.embedded.demo_adapters import ensure_demo_adapters
 
     target = tmp_path_factory.mktemp("styles") / "styles"
     shutil.copytree(REPO / "styles", target)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covergen.scenes import (
+from trainer.scenes import (
     REGIONAL_STYLES,
     CaptionWriter,
     brightness,
@@ -18,8 +18,8 @@ from covergen.scenes import (
     saturation,
     write_style_folder,
 )
-from covergen.scenes.captions import CAPTION_VARIANTS
-from covergen.scenes.classifier import grid_features, style_distances
+from trainer.scenes.captions import CAPTION_VARIANTS
+from trainer.scenes.classifier import grid_features, style_distances
 
 REPO = Path(__file__).resolve().parents[1]
 STYLES = REPO / "styles"
@@ -56,7 +56,7 @@ def regional_base(model_cache_dir: Path):  # noqa: ANN201
 @pytest.fixture(scope="module")
 def painter(regional_base):  # noqa: ANN001, ANN201
     """The regional base with the committed adapters of styles/ (trained by covergen-train)."""
-    from covergen.models.regional_check import RegionPainter
+    from trainer.embedded.regional_check import RegionPainter
 
     return RegionPainter(regional_base, STYLES, ADAPTER_FILES)
 

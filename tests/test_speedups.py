@@ -25,12 +25,12 @@ from diffusers.schedulers.scheduling_lcm import LCMScheduler
 from safetensors.torch import save_file
 
 from covergen.adapters.files import LoraWeights, read_lora_file
-from covergen.demo_adapters import DEMO_RANK, demo_state_dict
 from covergen.engine.denoise import CoverJob, Denoiser
 from covergen.engine.lora_layers import StackItem
 from covergen.engine.speedups import TunedEngine, apply_speedups
 from covergen.errors import ConfigError
 from covergen.settings import Settings
+from trainer.embedded.demo_adapters import DEMO_RANK, demo_state_dict
 
 MAX_PIXEL_DIFF = 2  # uint8 levels, as in test_engine
 CONV_TARGETS = ("resnets.0.conv1", "conv_shortcut", "downsamplers.0.conv", "proj_in")

@@ -28,7 +28,7 @@ from covergen.models.cache import publish_directory, staging_dir
 from covergen.models.clip_vocab import write_tokenizer_files
 from covergen.models.config_dirs import SD15_CONFIG_DIR
 
-REGIONAL_SPEC = "embedded:regional"  # trained on drawn regional scenes; see covergen.models.regional
+REGIONAL_SPEC = "embedded:regional"  # trained on drawn regional scenes; see trainer.embedded.regional
 REGIONAL_DIR = Path(__file__).resolve().parents[1] / "embedded" / "regional-v2"  # committed weights
 EMBEDDED_SPECS = frozenset({"embedded", "embedded:tiny", REGIONAL_SPEC})
 EMBEDDED_DIR_NAME = "embedded-tiny-v1"  # bump the suffix whenever the architecture or seed changes

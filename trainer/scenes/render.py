@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from covergen.scenes.generic import paint_default_city
-from covergen.scenes.overlays import OVERLAYS
-from covergen.scenes.regional import CANVAS, REGIONAL_PAINTERS, Painter
+from trainer.scenes.generic import paint_default_city
+from trainer.scenes.overlays import OVERLAYS
+from trainer.scenes.regional import CANVAS, REGIONAL_PAINTERS, Painter
 
 SCENE_SIZE = 64
 REGIONAL_STYLES: tuple[str, ...] = tuple(REGIONAL_PAINTERS)

@@ -1,6 +1,6 @@
 """Write the drawn scenes of each style to a folder that covergen-train reads.
 
-    python -m covergen.scenes --out .cache/scenes [--styles jiangnan rain] [--count 256]
+    python -m trainer.scenes --out .cache/scenes [--styles jiangnan rain] [--count 256]
 
 Each style gets `<out>/<style>/NNNN.png` and `<out>/<style>/metadata.csv`.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from covergen.scenes.captions import CaptionWriter
-from covergen.scenes.dataset import write_style_folder
-from covergen.scenes.render import OVERLAY_STYLES, REGIONAL_STYLES
+from trainer.scenes.captions import CaptionWriter
+from trainer.scenes.dataset import write_style_folder
+from trainer.scenes.render import OVERLAY_STYLES, REGIONAL_STYLES
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:

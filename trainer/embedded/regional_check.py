@@ -3,7 +3,7 @@
 A `RegionPainter` resolves a region tag through the real regions table and builds the real
 prompt (`PromptBuilder`, style cards), then runs `Denoiser` with the base model's own noise rule
 (`LoadedBase.zero_mean_noise`), optionally stacking the styles' adapters from a folder. The
-regional model's tests and the contact sheet use it, and `covergen.scenes.classify` scores it.
+regional model's tests and the contact sheet use it, and `trainer.scenes.classify` scores it.
 """
 
 from __future__ import annotations

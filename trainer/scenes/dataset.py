@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from covergen.scenes.captions import CaptionWriter, landscape_caption, shapes_caption
-from covergen.scenes.generic import paint_landscape, paint_shapes
-from covergen.scenes.render import OVERLAY_STYLES, REGIONAL_STYLES, canvas, draw_scene, finish, scene_rng
+from trainer.scenes.captions import CaptionWriter, landscape_caption, shapes_caption
+from trainer.scenes.generic import paint_landscape, paint_shapes
+from trainer.scenes.render import OVERLAY_STYLES, REGIONAL_STYLES, canvas, draw_scene, finish, scene_rng
 
 # Shares of the base mixture; the rest are random shapes.
 REGIONAL_SHARE = 0.70

@@ -2,7 +2,7 @@
 
 `build` + `refine` reproduce the committed `covergen/embedded/regional-v2/` directory from nothing
 but code (`make embedded-model` chains the three stages): `build` draws the scene mixture
-(`covergen.scenes`), trains the tiny VAE (same architecture as `covergen.models.tiny`), sets its
+(`trainer.scenes`), trains the tiny VAE (same architecture as `covergen.models.tiny`), sets its
 `scaling_factor` to 1/std of the trained latents, then trains the tiny UNet on captions that name
 the styles, through the embedded model's own frozen CLIP tokenizer and text encoder. `refine`
 continues a built model on a fresh draw; the last stage switches the UNet to v-prediction at zero
@@ -11,7 +11,7 @@ directory in fp16 with a `covergen.json` beside `model_index.json` that records 
 asks for zero-mean starting noise (at 8x8 latents the noise's random per-channel mean would
 otherwise decide the colour cast, not the prompt).
 
-    python -m covergen.models.regional build --out .cache/regional-build/stage1
+    python -m trainer.embedded.regional build --out .cache/regional-build/stage1
 
 Training is single-threaded by default (`--threads 1`) so it is bit-reproducible on one CPU.
 """
@@ -39,13 +39,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from covergen.models.cache import default_cache_dir, publish_directory, staging_dir
 from covergen.models.tiny import EMBEDDED_SEED, REGIONAL_DIR, build_tiny_pipeline, tiny_unet, tiny_vae
-from covergen.scenes.captions import CaptionWriter
-from covergen.scenes.dataset import base_scene
-from covergen.scenes.render import REGIONAL_STYLES
+from trainer.scenes.captions import CaptionWriter
+from trainer.scenes.dataset import base_scene
+from trainer.scenes.render import REGIONAL_STYLES
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COVERGEN_JSON = "covergen.json"  # covergen's own facts about a base model, beside model_index.json
 
 
@@ -371,8 +371,8 @@ def render_contact_sheet(model: Path, styles_dir: Path, out: Path, seeds: int = 
     from PIL import Image, ImageDraw
 
     from covergen.models.loading import load_base_model
-    from covergen.models.regional_check import RegionPainter
-    from covergen.scenes.classifier import classify
+    from trainer.embedded.regional_check import RegionPainter
+    from trainer.scenes.classifier import classify
 
     base = load_base_model(str(model), cache_dir=default_cache_dir(), device="cpu", dtype="fp32")
     adapters = {path.parent.name: path for path in sorted(styles_dir.glob("*/adapter.safetensors"))}

@@ -15,7 +15,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-from covergen.scenes.render import REGIONAL_STYLES, draw_scene
+from trainer.scenes.render import REGIONAL_STYLES, draw_scene
 
 GRID = 4
 CENTROID_SCENES = 48

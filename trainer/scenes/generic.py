@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import ImageDraw
 
-from covergen.scenes.palettes import NAMED_COLOURS, jitter, pick
-from covergen.scenes.regional import CANVAS, _ri, _vertical_gradient
+from trainer.scenes.palettes import NAMED_COLOURS, jitter, pick
+from trainer.scenes.regional import CANVAS, _ri, _vertical_gradient
 
 SHAPE_NAMES = ("circle", "square", "triangle", "stripe")
 

@@ -9,15 +9,15 @@ Public surface:
     base_scene / style_scene / write_style_folder                   (dataset)
     REGIONAL_STYLES, OVERLAY_STYLES
 
-`python -m covergen.scenes --out .cache/scenes` writes one folder per style for covergen-train.
+`python -m trainer.scenes --out .cache/scenes` writes one folder per style for covergen-train.
 """
 
 from __future__ import annotations
 
-from covergen.scenes.captions import CaptionWriter
-from covergen.scenes.classifier import brightness, classify, pinkness, saturation, style_distances
-from covergen.scenes.dataset import DrawnScene, base_scene, style_scene, write_style_folder
-from covergen.scenes.render import OVERLAY_STYLES, REGIONAL_STYLES, SCENE_SIZE, draw_scene
+from trainer.scenes.captions import CaptionWriter
+from trainer.scenes.classifier import brightness, classify, pinkness, saturation, style_distances
+from trainer.scenes.dataset import DrawnScene, base_scene, style_scene, write_style_folder
+from trainer.scenes.render import OVERLAY_STYLES, REGIONAL_STYLES, SCENE_SIZE, draw_scene
 
 __all__ = [
     "OVERLAY_STYLES",

@@ -6,7 +6,7 @@ They are not trained: they give each region a different, repeatable look on the 
 exercise the same loading and stacking code that trained adapters use. Real styles come from
 `covergen-train`.
 
-    python -m covergen.demo_adapters [--styles-dir styles]
+    python -m trainer.embedded.demo_adapters [--styles-dir styles]
 """
 
 from __future__ import annotations

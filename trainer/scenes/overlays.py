@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from covergen.scenes.palettes import PALETTES, jitter, with_alpha
-from covergen.scenes.regional import CANVAS, _ri
+from trainer.scenes.palettes import PALETTES, jitter, with_alpha
+from trainer.scenes.regional import CANVAS, _ri
 
 Overlay = Callable[[Image.Image, np.random.Generator], Image.Image]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import ImageDraw
 
-from covergen.scenes.palettes import pick, with_alpha
+from trainer.scenes.palettes import pick, with_alpha
 
 CANVAS = 128  # drawing size in pixels; scenes are delivered at half this
 
