@@ -43,18 +43,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-import torch  # noqa: E402
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0  # noqa: E402
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import numpy as np
+import psutil
+import torch
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from safetensors.torch import save_file
 
-from covergen.adapters.files import LoraWeights  # noqa: E402
-from covergen.adapters.registry import AdapterRegistry, AdapterSource  # noqa: E402
-from covergen.engine.batcher import Engine, EngineObserver  # noqa: E402
-from covergen.engine.denoise import CoverJob, Denoiser  # noqa: E402
-from covergen.engine.lora_layers import StackItem  # noqa: E402
+from covergen.adapters.files import LoraWeights
+from covergen.adapters.registry import AdapterRegistry, AdapterSource
+from covergen.engine.batcher import Engine, EngineObserver
+from covergen.engine.denoise import CoverJob, Denoiser
+from covergen.engine.lora_layers import StackItem
 
 REPO = Path(__file__).resolve().parents[1]
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")

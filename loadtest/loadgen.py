@@ -31,13 +31,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python loadtest/loadgen.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc  # noqa: E402
+import grpc
 
-from covergen.v1 import cover_pb2 as pb  # noqa: E402
-from covergen.v1 import cover_pb2_grpc as pb_grpc  # noqa: E402
-from loadtest.servers import CeilingServer, canned_response, prepare_styles, start_inprocess_service  # noqa: E402
-from loadtest.stats import Outcome, RunStats, Slo, format_summary  # noqa: E402
-from loadtest.workload import DEFAULT_REGIONS_FILE, Pair, Workload, read_pairs, read_regions  # noqa: E402
+from covergen.v1 import cover_pb2 as pb
+from covergen.v1 import cover_pb2_grpc as pb_grpc
+from loadtest.servers import CeilingServer, canned_response, prepare_styles, start_inprocess_service
+from loadtest.stats import Outcome, RunStats, Slo, format_summary
+from loadtest.workload import DEFAULT_REGIONS_FILE, Pair, Workload, read_pairs, read_regions
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 

@@ -47,7 +47,7 @@ class _CannedCovers(pb_grpc.CoverServiceServicer):
     def __init__(self, response: pb.GenerateCoverResponse) -> None:
         self._response = response
 
-    async def GenerateCover(  # noqa: N802 - gRPC method name
+    async def GenerateCover(
         self, request: pb.GenerateCoverRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateCoverResponse:
         return self._response

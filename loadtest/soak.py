@@ -26,13 +26,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python loadtest/soak.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc  # noqa: E402
+import grpc
 
-from covergen.v1 import cover_pb2_grpc as pb_grpc  # noqa: E402
-from loadtest.loadgen import CHANNEL_OPTIONS, Budget, Shape, run_open, warm_up  # noqa: E402
-from loadtest.servers import ServerProcess, open_fds, prepare_styles, rss_bytes, thread_count  # noqa: E402
-from loadtest.stats import RunStats, percentile  # noqa: E402
-from loadtest.workload import DEFAULT_REGIONS_FILE, Workload, read_regions  # noqa: E402
+from covergen.v1 import cover_pb2_grpc as pb_grpc
+from loadtest.loadgen import CHANNEL_OPTIONS, Budget, Shape, run_open, warm_up
+from loadtest.servers import ServerProcess, open_fds, prepare_styles, rss_bytes, thread_count
+from loadtest.stats import RunStats, percentile
+from loadtest.workload import DEFAULT_REGIONS_FILE, Workload, read_regions
 
 MB = 1024 * 1024
 

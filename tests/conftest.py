@@ -35,14 +35,14 @@ def model_cache_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_base(model_cache_dir: Path):  # noqa: ANN201
+def embedded_base(model_cache_dir: Path):
     from covergen.models import load_base_model
 
     return load_base_model("embedded", cache_dir=model_cache_dir, device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="session")
-def styles_dir(tmp_path_factory: pytest.TempPathFactory, embedded_base) -> Path:  # noqa: ANN001
+def styles_dir(tmp_path_factory: pytest.TempPathFactory, embedded_base) -> Path:
     """A private copy of styles/ with demo adapters for every style that lacks one."""
     from trainer.embedded.demo_adapters import ensure_demo_adapters
 
@@ -61,7 +61,7 @@ def redis_server() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-async def service(styles_dir: Path, redis_server, model_cache_dir: Path) -> AsyncIterator[object]:  # noqa: ANN001
+async def service(styles_dir: Path, redis_server, model_cache_dir: Path) -> AsyncIterator[object]:
     """A real covergen server on a free loopback port, cache on the session's Redis."""
     from covergen.server import start_service
     from covergen.settings import Settings
@@ -89,7 +89,7 @@ async def service(styles_dir: Path, redis_server, model_cache_dir: Path) -> Asyn
 
 
 @pytest.fixture(scope="session")
-async def channel(service) -> AsyncIterator[object]:  # noqa: ANN001
+async def channel(service) -> AsyncIterator[object]:
     import grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as ch:
@@ -97,7 +97,7 @@ async def channel(service) -> AsyncIterator[object]:  # noqa: ANN001
 
 
 @pytest.fixture(scope="session")
-def stub(channel):  # noqa: ANN001, ANN201
+def stub(channel):
     from covergen.v1 import cover_pb2_grpc
 
     return cover_pb2_grpc.CoverServiceStub(channel)

@@ -80,7 +80,7 @@ def drill_styles(styles_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-async def drill_service(drill_styles: Path, drill_redis, model_cache_dir: Path) -> AsyncIterator[object]:  # noqa: ANN001
+async def drill_service(drill_styles: Path, drill_redis, model_cache_dir: Path) -> AsyncIterator[object]:
     from covergen.server import start_service
     from covergen.settings import Settings
 
@@ -95,7 +95,7 @@ async def drill_service(drill_styles: Path, drill_redis, model_cache_dir: Path) 
 
 
 @pytest.fixture(scope="module")
-async def drill_channel(drill_service) -> AsyncIterator[grpc.aio.Channel]:  # noqa: ANN001
+async def drill_channel(drill_service) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{drill_service.port}") as channel:
         yield channel
 
@@ -114,7 +114,7 @@ def admin(drill_channel: grpc.aio.Channel) -> pb_grpc.AdminServiceStub:
 
 
 async def test_redis_killed_under_load_fails_nothing_and_caching_resumes(
-    drill_service, drill_redis, covers: pb_grpc.CoverServiceStub  # noqa: ANN001
+    drill_service, drill_redis, covers: pb_grpc.CoverServiceStub
 ) -> None:
     completed = 0
     outage_started = asyncio.Event()
@@ -188,7 +188,7 @@ def _pickle_checkpoint(folder: Path, marker: Path) -> None:
 )
 async def test_bad_adapter_is_rejected_on_reload_and_the_old_version_keeps_serving(
     drill_styles: Path, covers: pb_grpc.CoverServiceStub, admin: pb_grpc.AdminServiceStub,
-    tmp_path: Path, sabotage, reason: str,  # noqa: ANN001
+    tmp_path: Path, sabotage, reason: str,
 ) -> None:  # fmt: skip
     folder = drill_styles / "jiangnan"
     saved = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -290,7 +290,7 @@ async def _storm(covers: pb_grpc.CoverServiceStub, tag: str, size: int = 40) -> 
 
 
 async def test_cancellation_storm_leaks_nothing(
-    drill_service, drill_redis, covers: pb_grpc.CoverServiceStub, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+    drill_service, drill_redis, covers: pb_grpc.CoverServiceStub, caplog: pytest.LogCaptureFixture
 ) -> None:
     import redis
 
@@ -325,7 +325,7 @@ async def test_cancellation_storm_leaks_nothing(
     assert not unretrieved, "abandoned jobs' results must be dropped quietly"
 
 
-async def test_cancelled_cache_flights_neither_generate_nor_leave_locks(drill_redis) -> None:  # noqa: ANN001
+async def test_cancelled_cache_flights_neither_generate_nor_leave_locks(drill_redis) -> None:
     """Callers that leave at any point of the cache's Redis round trips: no cover is generated
     for them and no generation lock outlives them (a retry would wait out the lock's TTL)."""
     import redis
@@ -378,7 +378,7 @@ async def test_deadline_mid_generation_stops_the_job_between_steps(covers: pb_gr
 
 
 async def test_out_of_memory_fails_one_request_and_the_next_succeeds(
-    drill_service, covers: pb_grpc.CoverServiceStub, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    drill_service, covers: pb_grpc.CoverServiceStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     unet = drill_service.engine.denoiser.pipeline.unet
     real_forward = unet.forward
@@ -400,7 +400,7 @@ async def test_out_of_memory_fails_one_request_and_the_next_succeeds(
     assert reply.image and not reply.cache_hit and injected == [True]
 
 
-def test_planning_requests_never_disturbs_the_engines_tokenizer(drill_service) -> None:  # noqa: ANN001
+def test_planning_requests_never_disturbs_the_engines_tokenizer(drill_service) -> None:
     """Requests are planned (prompt tokens counted) on the event loop while the engine thread
     encodes padded batches: the two must not share tokenizer state."""
     maker, denoiser = drill_service.maker, drill_service.engine.denoiser
@@ -487,7 +487,7 @@ async def _wait_for_inflight(metrics_port: int, count: int, timeout_s: float) ->
 
 
 async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
-    styles_dir: Path, redis_server, model_cache_dir: Path, tmp_path: Path  # noqa: ANN001
+    styles_dir: Path, redis_server, model_cache_dir: Path, tmp_path: Path
 ) -> None:
     port, metrics_port, grace = free_port(), free_port(), 10.0
     env = {

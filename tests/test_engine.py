@@ -197,7 +197,7 @@ def assert_same_cover(got: Covers, want: Covers, got_index: int = 0, want_index:
 
 
 @pytest.fixture(scope="module")
-def pristine(embedded_base) -> StableDiffusionPipeline:  # noqa: ANN001
+def pristine(embedded_base) -> StableDiffusionPipeline:
     """A private copy of the tiny pipeline that no test hooks or loads adapters into."""
     return copy.deepcopy(embedded_base.pipeline)
 

@@ -103,7 +103,7 @@ INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u202a", "\u202e
 
 @SETTINGS
 @given(tag=st.text(max_size=80) | hostile_titles | st.sampled_from(REGIONS))
-def test_resolve_raises_only_invalid_request_and_returns_known_styles(service, tag: str) -> None:  # noqa: ANN001
+def test_resolve_raises_only_invalid_request_and_returns_known_styles(service, tag: str) -> None:
     resolver, library = service.maker.resolver, service.maker.library
     try:
         resolution = resolver.resolve(tag)
@@ -121,7 +121,7 @@ def test_resolve_raises_only_invalid_request_and_returns_known_styles(service, t
     region=st.sampled_from(REGIONS[:-2]),
     marks=st.lists(st.tuples(st.integers(0, 8), st.sampled_from(INVISIBLE)), min_size=1, max_size=4),
 )
-def test_invisible_characters_never_change_where_a_tag_resolves(service, region: str, marks: list) -> None:  # noqa: ANN001
+def test_invisible_characters_never_change_where_a_tag_resolves(service, region: str, marks: list) -> None:
     resolver = service.maker.resolver
     marked = region
     for position, mark in marks:
@@ -134,7 +134,7 @@ def test_invisible_characters_never_change_where_a_tag_resolves(service, region:
 
 
 @pytest.fixture(scope="module")
-def count_tokens(service):  # noqa: ANN001, ANN201
+def count_tokens(service):
     tokenizer = copy.deepcopy(service.base.pipeline.tokenizer)  # the engine thread uses the original
     return lambda text: len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
@@ -145,7 +145,7 @@ def count_tokens(service):  # noqa: ANN001, ANN201
 @example(title="<lora:hutong_breakfast:9>" * 400, stack=["jiangnan", "spring"])
 @example(title="火锅 hotpot " * 2_000, stack=["chuanyu_hotpot"])
 @example(title="\u202e\u2066" * 5_000 + "江南", stack=[])
-def test_prompt_is_clean_and_within_the_token_budget(service, count_tokens, title: str, stack: list[str]) -> None:  # noqa: ANN001
+def test_prompt_is_clean_and_within_the_token_budget(service, count_tokens, title: str, stack: list[str]) -> None:
     library, prompts = service.maker.library, service.maker.prompts
     built = prompts.build(title, library.get("default"), [library.get(name) for name in stack])
     assert count_tokens(built.prompt) <= PROMPT_BUDGET
@@ -163,7 +163,7 @@ def test_prompt_is_clean_and_within_the_token_budget(service, count_tokens, titl
 
 @SETTINGS
 @given(region=st.sampled_from(REGIONS), title=hostile_titles, themes=st.sampled_from([(), ("spring",), ("雨", "ink")]))
-def test_the_title_never_changes_which_adapters_apply(service, region: str, title: str, themes: tuple) -> None:  # noqa: ANN001
+def test_the_title_never_changes_which_adapters_apply(service, region: str, title: str, themes: tuple) -> None:
     maker = service.maker
     baseline = maker.plan(CoverRequest(region=region, title="城市新闻", themes=themes))
     try:

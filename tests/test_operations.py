@@ -24,7 +24,7 @@ from covergen.v1 import cover_pb2 as pb
 from covergen.v1 import cover_pb2_grpc as pb_grpc
 
 
-async def test_live_metrics_scrape_passes_promtool(service, stub, tmp_path: Path) -> None:  # noqa: ANN001
+async def test_live_metrics_scrape_passes_promtool(service, stub, tmp_path: Path) -> None:
     await stub.GenerateCover(pb.GenerateCoverRequest(region="杭州", title="指标测试"), timeout=60)
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.GenerateCover(pb.GenerateCoverRequest(region="杭州", title=""), timeout=10)
@@ -45,7 +45,7 @@ async def test_live_metrics_scrape_passes_promtool(service, stub, tmp_path: Path
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
 
-async def test_request_log_has_fields(stub, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+async def test_request_log_has_fields(stub, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="covergen.requests"):
         reply = await stub.GenerateCover(pb.GenerateCoverRequest(region="成都", title="日志字段"), timeout=60)
     records = [r for r in caplog.records if getattr(r, "request_id", None) == reply.request_id]
@@ -59,7 +59,7 @@ async def test_request_log_has_fields(stub, caplog: pytest.LogCaptureFixture) ->
 
 @pytest.mark.parametrize("log_titles", [True, False])
 async def test_titles_can_be_kept_out_of_logs(
-    service, caplog: pytest.LogCaptureFixture, log_titles: bool  # noqa: ANN001
+    service, caplog: pytest.LogCaptureFixture, log_titles: bool
 ) -> None:
     from covergen.service import _Calls
 
@@ -76,7 +76,7 @@ async def test_titles_can_be_kept_out_of_logs(
 
 
 @pytest.fixture(scope="module")
-def two_replicas(styles_dir: Path, redis_server, model_cache_dir: Path) -> Iterator[list[str]]:  # noqa: ANN001
+def two_replicas(styles_dir: Path, redis_server, model_cache_dir: Path) -> Iterator[list[str]]:
     """Two covergen server processes on one Redis."""
     processes, targets = [], []
     for _ in range(2):

@@ -120,7 +120,7 @@ async def cover(stub: pb_grpc.CoverServiceStub) -> pb.GenerateCoverResponse:
 
 
 async def test_published_adapter_is_served_after_reload(
-    service, stub: pb_grpc.CoverServiceStub, channel: grpc.aio.Channel, trained: TrainResult  # noqa: ANN001
+    service, stub: pb_grpc.CoverServiceStub, channel: grpc.aio.Channel, trained: TrainResult
 ) -> None:
     styles_dir: Path = service.settings.styles_dir
     adapter = styles_dir / STYLE / "adapter.safetensors"
@@ -165,7 +165,7 @@ async def test_published_adapter_is_served_after_reload(
     assert restored.adapters[0].version == before.adapters[0].version
 
 
-def test_kohya_file_fits_the_serving_model(service, trained: TrainResult) -> None:  # noqa: ANN001
+def test_kohya_file_fits_the_serving_model(service, trained: TrainResult) -> None:
     denoiser = service.engine.denoiser
     weights = read_lora_file(trained.kohya_path, STYLE, denoiser.module_names())
     unet = weights.factors["unet"]

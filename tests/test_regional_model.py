@@ -47,14 +47,14 @@ ADAPTER_FILES = {path.parent.name: path for path in sorted(STYLES.glob("*/adapte
 
 
 @pytest.fixture(scope="module")
-def regional_base(model_cache_dir: Path):  # noqa: ANN201
+def regional_base(model_cache_dir: Path):
     from covergen.models import load_base_model
 
     return load_base_model("embedded:regional", cache_dir=model_cache_dir, device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")
-def painter(regional_base):  # noqa: ANN001, ANN201
+def painter(regional_base):
     """The regional base with the committed adapters of styles/ (trained by covergen-train)."""
     from trainer.embedded.regional_check import RegionPainter
 
@@ -62,13 +62,13 @@ def painter(regional_base):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def covers(painter) -> dict[str, list[np.ndarray]]:  # noqa: ANN001
+def covers(painter) -> dict[str, list[np.ndarray]]:
     """8 covers per region, neutral title, base model only (no adapters)."""
     return {style: painter.paint(region, SEEDS) for style, region in REGION_OF_STYLE.items()}
 
 
 @pytest.fixture(scope="module")
-def adapted_covers(painter) -> dict[str, list[np.ndarray]]:  # noqa: ANN001
+def adapted_covers(painter) -> dict[str, list[np.ndarray]]:
     """The same requests with each region's adapter stack applied, as the service serves them."""
     return {style: painter.paint(region, SEEDS, adapters=True) for style, region in REGION_OF_STYLE.items()}
 
@@ -112,7 +112,7 @@ def test_style_folder_has_metadata_for_every_image(tmp_path: Path) -> None:
 # ---- the committed model ---------------------------------------------------------------------
 
 
-def test_regional_base_loads_with_zero_mean_noise_and_its_own_latent_scale(painter) -> None:  # noqa: ANN001
+def test_regional_base_loads_with_zero_mean_noise_and_its_own_latent_scale(painter) -> None:
     assert painter.denoiser.zero_mean_noise is True
     assert painter.size == 64
     assert painter.denoiser.pipeline.vae.config.scaling_factor != pytest.approx(0.18215)
@@ -124,11 +124,11 @@ def test_regional_base_loads_with_zero_mean_noise_and_its_own_latent_scale(paint
     )
 
 
-def test_tiny_embedded_base_keeps_the_pipelines_noise(embedded_base) -> None:  # noqa: ANN001
+def test_tiny_embedded_base_keeps_the_pipelines_noise(embedded_base) -> None:
     assert embedded_base.zero_mean_noise is False
 
 
-def test_committed_adapters_were_trained_on_the_committed_base(regional_base) -> None:  # noqa: ANN001
+def test_committed_adapters_were_trained_on_the_committed_base(regional_base) -> None:
     """Every starter style ships an adapter that covergen-train made on this very base model."""
     from safetensors import safe_open
 
@@ -175,7 +175,7 @@ def test_adapters_pull_covers_toward_their_style(
     )
 
 
-def test_two_cities_of_one_macro_region_look_alike(painter) -> None:  # noqa: ANN001
+def test_two_cities_of_one_macro_region_look_alike(painter) -> None:
     """Different news in 杭州 and 苏州 (both 长三角: jiangnan) is closer than 杭州 vs 成都."""
 
     def features(region: str, seeds: range) -> np.ndarray:
@@ -195,7 +195,7 @@ def test_two_cities_of_one_macro_region_look_alike(painter) -> None:  # noqa: AN
     assert mean_gap(hangzhou, suzhou) < mean_gap(suzhou, chengdu)
 
 
-def test_ink_wash_overlay_lowers_saturation(painter, adapted_covers: dict[str, list[np.ndarray]]) -> None:  # noqa: ANN001
+def test_ink_wash_overlay_lowers_saturation(painter, adapted_covers: dict[str, list[np.ndarray]]) -> None:
     inked = painter.paint("成都", SEEDS, themes=("水墨",), adapters=True)
     plain = adapted_covers["chuanyu_hotpot"]
     assert (
@@ -204,13 +204,13 @@ def test_ink_wash_overlay_lowers_saturation(painter, adapted_covers: dict[str, l
     )
 
 
-def test_rain_overlay_darkens(painter, adapted_covers: dict[str, list[np.ndarray]]) -> None:  # noqa: ANN001
+def test_rain_overlay_darkens(painter, adapted_covers: dict[str, list[np.ndarray]]) -> None:
     rainy = painter.paint("广州", SEEDS, themes=("下雨",), adapters=True)
     plain = adapted_covers["lingnan_arcade"]
     assert np.mean([brightness(i) for i in rainy]) < np.mean([brightness(i) for i in plain]) - RAIN_DARKENING
 
 
-def test_spring_overlay_lightens_a_dark_scene(painter, adapted_covers: dict[str, list[np.ndarray]]) -> None:  # noqa: ANN001
+def test_spring_overlay_lightens_a_dark_scene(painter, adapted_covers: dict[str, list[np.ndarray]]) -> None:
     """Spring lightens and greens (its blossom dots are too small for a 64 px model to keep)."""
     blooming = painter.paint("成都", SEEDS, themes=("春天",), adapters=True)
     plain = adapted_covers["chuanyu_hotpot"]
@@ -224,7 +224,7 @@ def test_spring_overlay_lightens_a_dark_scene(painter, adapted_covers: dict[str,
 
 
 @pytest.fixture(scope="module")
-async def regional_stub(redis_server, model_cache_dir: Path):  # noqa: ANN001, ANN201
+async def regional_stub(redis_server, model_cache_dir: Path):
     """A real server on the defaults a newcomer gets (regional base, committed adapters)."""
     import grpc
 
@@ -251,7 +251,7 @@ async def regional_stub(redis_server, model_cache_dir: Path):  # noqa: ANN001, A
     await service.stop(1.0)
 
 
-async def test_service_defaults_paint_cities_of_one_macro_region_alike(regional_stub) -> None:  # noqa: ANN001
+async def test_service_defaults_paint_cities_of_one_macro_region_alike(regional_stub) -> None:
     """Over gRPC with `make serve`'s defaults: 杭州 and 苏州 covers are closer to each other than
     either is to 成都's, and each city's covers land on its own style."""
     import io

@@ -173,7 +173,7 @@ async def refused(channel: grpc.aio.Channel) -> grpc.StatusCode:
 # --- TLS and mTLS ---------------------------------------------------------------------------------
 
 
-async def test_tls_port_serves_a_client_that_trusts_its_ca(tls_service, pki: Pki) -> None:  # noqa: ANN001
+async def test_tls_port_serves_a_client_that_trusts_its_ca(tls_service, pki: Pki) -> None:
     async with secure(tls_service.port, pki.ca_pem) as channel:
         styles = await list_styles(channel)
         reply = await pb_grpc.CoverServiceStub(channel).GenerateCover(
@@ -182,12 +182,12 @@ async def test_tls_port_serves_a_client_that_trusts_its_ca(tls_service, pki: Pki
     assert len(styles.styles) >= 10 and reply.image
 
 
-async def test_tls_port_refuses_plaintext_and_untrusted_clients(tls_service, pki: Pki) -> None:  # noqa: ANN001
+async def test_tls_port_refuses_plaintext_and_untrusted_clients(tls_service, pki: Pki) -> None:
     assert await refused(grpc.aio.insecure_channel(f"127.0.0.1:{tls_service.port}")) == grpc.StatusCode.UNAVAILABLE
     assert await refused(secure(tls_service.port, pki.rogue_ca_pem)) == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_mutual_tls_needs_a_client_certificate_from_the_trusted_ca(mtls_service, pki: Pki) -> None:  # noqa: ANN001
+async def test_mutual_tls_needs_a_client_certificate_from_the_trusted_ca(mtls_service, pki: Pki) -> None:
     async with secure(mtls_service.port, pki.ca_pem, pki.client) as channel:
         assert (await list_styles(channel)).styles
     port = mtls_service.port
@@ -216,7 +216,7 @@ ADMIN_CALLS = [
 
 
 @pytest.mark.parametrize(("rpc", "message"), ADMIN_CALLS, ids=[c[0] for c in ADMIN_CALLS])
-async def test_admin_rpcs_are_off_without_a_configured_token(tls_service, pki: Pki, rpc: str, message: object) -> None:  # noqa: ANN001
+async def test_admin_rpcs_are_off_without_a_configured_token(tls_service, pki: Pki, rpc: str, message: object) -> None:
     async with secure(tls_service.port, pki.ca_pem) as channel:
         admin = pb_grpc.AdminServiceStub(channel)
         for metadata in ((), (("authorization", "Bearer anything"),), (("authorization", "Bearer "),)):
@@ -242,7 +242,7 @@ async def test_admin_rpcs_are_off_without_a_configured_token(tls_service, pki: P
 )
 @pytest.mark.parametrize(("rpc", "message"), ADMIN_CALLS, ids=[c[0] for c in ADMIN_CALLS])
 async def test_admin_rpcs_without_the_right_bearer_are_unauthenticated(
-    channel, service, rpc: str, message: object, metadata: tuple  # noqa: ANN001
+    channel, service, rpc: str, message: object, metadata: tuple
 ) -> None:
     resident = service.registry.resident_names()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -253,7 +253,7 @@ async def test_admin_rpcs_without_the_right_bearer_are_unauthenticated(
     assert service.registry.resident_names() == resident, "a refused call changed the registry"
 
 
-async def test_admin_rpcs_with_the_right_bearer_succeed(channel) -> None:  # noqa: ANN001
+async def test_admin_rpcs_with_the_right_bearer_succeed(channel) -> None:
     admin = pb_grpc.AdminServiceStub(channel)
     bearer = (("authorization", f"Bearer {SESSION_TOKEN}"),)
     loaded = await admin.LoadAdapter(pb.LoadAdapterRequest(style="jiangnan"), metadata=bearer, timeout=30)
@@ -285,7 +285,7 @@ def outside_adapter(styles_dir: Path) -> Path:
 @pytest.mark.parametrize("name", ESCAPING_NAMES)
 @pytest.mark.parametrize("rpc", ["LoadAdapter", "UnloadAdapter"])
 async def test_adapter_rpcs_never_resolve_names_outside_the_library(
-    channel, service, outside_adapter: Path, rpc: str, name: str  # noqa: ANN001
+    channel, service, outside_adapter: Path, rpc: str, name: str
 ) -> None:
     message = pb.LoadAdapterRequest(style=name) if rpc == "LoadAdapter" else pb.UnloadAdapterRequest(style=name)
     resident = service.registry.resident_names()
@@ -306,7 +306,7 @@ async def test_adapter_rpcs_never_resolve_names_outside_the_library(
     ids=["dotdot", "absolute", "symlink-out"],
 )
 async def test_reload_refuses_a_style_whose_adapter_leaves_the_library(
-    channel, stub, service, styles_dir: Path, outside_adapter: Path, card_adapter: str, link: bool  # noqa: ANN001
+    channel, stub, service, styles_dir: Path, outside_adapter: Path, card_adapter: str, link: bool
 ) -> None:
     evil = styles_dir / "evil"
     evil.mkdir()
@@ -354,7 +354,7 @@ async def test_reload_refuses_a_style_whose_adapter_leaves_the_library(
         ({"height": 72 + 1}, "height"),
     ],
 )
-async def test_out_of_bounds_fields_are_invalid_argument(stub, fields: dict, needle: str) -> None:  # noqa: ANN001
+async def test_out_of_bounds_fields_are_invalid_argument(stub, fields: dict, needle: str) -> None:
     request = {"region": "杭州", "title": "边界", **fields}
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GenerateCover(pb.GenerateCoverRequest(**request), timeout=30)
@@ -375,13 +375,13 @@ async def test_out_of_bounds_fields_are_invalid_argument(stub, fields: dict, nee
     ],
     ids=["title-512-bytes", "region-64-bytes", "four-themes", "max-seed", "weight-2", "weight-0", "variant-1000"],
 )
-async def test_fields_at_their_bounds_are_served(stub, fields: dict) -> None:  # noqa: ANN001
+async def test_fields_at_their_bounds_are_served(stub, fields: dict) -> None:
     request = {"region": "杭州", "title": "边界", "steps": 1, **fields}
     reply = await stub.GenerateCover(pb.GenerateCoverRequest(**request), timeout=60)
     assert reply.image and reply.mime_type == "image/png"
 
 
-async def test_an_oversized_request_is_refused_before_the_handler(stub, service) -> None:  # noqa: ANN001
+async def test_an_oversized_request_is_refused_before_the_handler(stub, service) -> None:
     served = service.metrics.registry.get_sample_value(
         "covergen_requests_total", {"rpc": "GenerateCover", "code": "INVALID_ARGUMENT", "style": ""}
     ) or 0.0

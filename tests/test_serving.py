@@ -25,13 +25,13 @@ def pixels(image: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"), dtype=np.int16)
 
 
-async def cover(stub, **fields) -> pb.GenerateCoverResponse:  # noqa: ANN001
+async def cover(stub, **fields) -> pb.GenerateCoverResponse:
     fields.setdefault("title", "城市早餐新店开张")
     return await stub.GenerateCover(pb.GenerateCoverRequest(**fields), timeout=120)
 
 
 @pytest.mark.parametrize(("region", "style"), sorted(STARTER_REGIONS.items()))
-async def test_each_starter_region_gets_its_adapter(stub, region: str, style: str) -> None:  # noqa: ANN001
+async def test_each_starter_region_gets_its_adapter(stub, region: str, style: str) -> None:
     reply = await cover(stub, region=region)
     assert [a.name for a in reply.adapters] == [style]
     assert reply.adapters[0].weight > 0 and len(reply.adapters[0].version) == 16
@@ -45,7 +45,7 @@ async def test_each_starter_region_gets_its_adapter(stub, region: str, style: st
     assert np.abs(pixels(off.image) - pixels(reply.image)).max() > 0, "the adapter must change the cover"
 
 
-async def test_regions_get_different_covers(stub) -> None:  # noqa: ANN001
+async def test_regions_get_different_covers(stub) -> None:
     images = {}
     for region in STARTER_REGIONS:
         reply = await cover(stub, region=region, seed=1234)
@@ -56,7 +56,7 @@ async def test_regions_get_different_covers(stub) -> None:  # noqa: ANN001
             assert np.abs(images[a] - images[b]).mean() > 1.0, f"{a} and {b} look the same"
 
 
-async def test_resolved_path_and_fallback(stub) -> None:  # noqa: ANN001
+async def test_resolved_path_and_fallback(stub) -> None:
     reply = await cover(stub, region="杭州")
     assert list(reply.region_path) == ["杭州", "浙江", "长三角"]
     unknown = await cover(stub, region="Atlantis")
@@ -64,7 +64,7 @@ async def test_resolved_path_and_fallback(stub) -> None:  # noqa: ANN001
     assert list(unknown.adapters) == []
 
 
-async def test_same_request_same_bytes_and_variants_differ(service, stub) -> None:  # noqa: ANN001
+async def test_same_request_same_bytes_and_variants_differ(service, stub) -> None:
     from covergen.requests import CoverRequest
 
     first = await cover(stub, region="成都", title="火锅节开幕 determinism")
@@ -75,7 +75,7 @@ async def test_same_request_same_bytes_and_variants_differ(service, stub) -> Non
     assert variant.seed != first.seed and variant.image != first.image
 
 
-async def test_served_by_names_the_local_painter_then_the_cache(stub) -> None:  # noqa: ANN001
+async def test_served_by_names_the_local_painter_then_the_cache(stub) -> None:
     painted = await cover(stub, region="广州", title="served_by says who painted")
     hit = await cover(stub, region="广州", title="served_by says who painted")
     assert (painted.cache_hit, painted.served_by) == (False, "local")
@@ -83,14 +83,14 @@ async def test_served_by_names_the_local_painter_then_the_cache(stub) -> None:  
     assert hit.image == painted.image
 
 
-async def test_theme_overlay_stacks_after_region(stub) -> None:  # noqa: ANN001
+async def test_theme_overlay_stacks_after_region(stub) -> None:
     plain = await cover(stub, region="杭州", title="春天来了")
     stacked = await cover(stub, region="杭州", title="春天来了", themes=["spring", "雨"])
     assert [a.name for a in stacked.adapters] == ["jiangnan", "spring", "rain"]
     assert stacked.image != plain.image
 
 
-async def test_title_cannot_inject_adapters_or_prompt_syntax(stub) -> None:  # noqa: ANN001
+async def test_title_cannot_inject_adapters_or_prompt_syntax(stub) -> None:
     reply = await cover(
         stub, region="杭州", title="<lora:hutong_breakfast:2> {scene} (masterpiece:1.5) negative: 火锅"
     )
@@ -119,7 +119,7 @@ async def test_title_cannot_inject_adapters_or_prompt_syntax(stub) -> None:  # n
         ({"variant": 5000}, "variant"),
     ],
 )
-async def test_bad_input_is_invalid_argument_naming_the_field(stub, fields: dict, needle: str) -> None:  # noqa: ANN001
+async def test_bad_input_is_invalid_argument_naming_the_field(stub, fields: dict, needle: str) -> None:
     request = {"region": "杭州", "title": "新闻", **fields}
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GenerateCover(pb.GenerateCoverRequest(**request), timeout=30)
@@ -129,7 +129,7 @@ async def test_bad_input_is_invalid_argument_naming_the_field(stub, fields: dict
     assert ok.image
 
 
-async def test_unknown_theme_is_not_found(stub) -> None:  # noqa: ANN001
+async def test_unknown_theme_is_not_found(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await cover(stub, region="杭州", themes=["volcano"])
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
@@ -141,17 +141,17 @@ async def test_unknown_theme_is_not_found(stub) -> None:  # noqa: ANN001
     (pb.IMAGE_FORMAT_JPEG, "image/jpeg", b"\xff\xd8"),
     (pb.IMAGE_FORMAT_WEBP, "image/webp", b"RIFF"),
 ])  # fmt: skip
-async def test_output_formats(stub, fmt: int, mime: str, magic: bytes) -> None:  # noqa: ANN001
+async def test_output_formats(stub, fmt: int, mime: str, magic: bytes) -> None:
     reply = await cover(stub, region="北京", format=fmt)
     assert reply.mime_type == mime and reply.image.startswith(magic)
 
 
-async def test_size_override(stub) -> None:  # noqa: ANN001
+async def test_size_override(stub) -> None:
     reply = await cover(stub, region="北京", width=128, height=96, steps=2)
     assert pixels(reply.image).shape == (96, 128, 3) and reply.steps == 2
 
 
-async def test_list_styles_and_resolve(stub) -> None:  # noqa: ANN001
+async def test_list_styles_and_resolve(stub) -> None:
     styles = {s.name: s for s in (await stub.ListStyles(pb.ListStylesRequest())).styles}
     assert {"jiangnan", "chuanyu_hotpot", "hutong_breakfast", "lingnan_arcade", "minnan_redbrick",
             "night_market_bbq", "ink_wash", "spring", "rain", "default"} <= set(styles)  # fmt: skip
@@ -164,7 +164,7 @@ async def test_list_styles_and_resolve(stub) -> None:  # noqa: ANN001
     )
 
 
-async def test_every_province_resolves_over_grpc(service, stub) -> None:  # noqa: ANN001
+async def test_every_province_resolves_over_grpc(service, stub) -> None:
     provinces = [e for e in service.maker.resolver.entries() if e.level == "province"]
     assert len(provinces) == 34
     for entry in provinces:
@@ -173,7 +173,7 @@ async def test_every_province_resolves_over_grpc(service, stub) -> None:  # noqa
         assert reply.region_path[0] == entry.name
 
 
-async def test_health_and_reflection(channel) -> None:  # noqa: ANN001
+async def test_health_and_reflection(channel) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 

@@ -79,7 +79,7 @@ def conv_state_dict(unet: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]
 
 
 @pytest.fixture(scope="module")
-def pristine(embedded_base) -> StableDiffusionPipeline:  # noqa: ANN001
+def pristine(embedded_base) -> StableDiffusionPipeline:
     return copy.deepcopy(embedded_base.pipeline)
 
 

@@ -75,7 +75,7 @@ class _MetricsObserver(EngineObserver, RegistryObserver):
         self.metrics.set_adapters_resident(count)
 
 
-def load_styles(styles_dir: Path, count_tokens: object | None = None):  # noqa: ANN201
+def load_styles(styles_dir: Path, count_tokens: object | None = None):
     """Read style cards, the regions table and the glossary from `styles_dir`."""
     if not styles_dir.is_dir():
         raise ConfigError(f"styles directory {styles_dir} does not exist; set COVERGEN_STYLES_DIR")
@@ -154,7 +154,7 @@ class Service:
         log.info("stopped")
 
 
-def _count_tokens(shared_tokenizer: Any):  # noqa: ANN202
+def _count_tokens(shared_tokenizer: Any):
     # A private copy: a fast tokenizer keeps padding and truncation settings on its shared Rust
     # backend, and the engine thread encodes padded batches with the pipeline's tokenizer while
     # requests are being planned on the event loop.

@@ -170,7 +170,7 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
         self.calls = calls
         self.feed = feed
 
-    async def GenerateCover(  # noqa: N802 - gRPC method name
+    async def GenerateCover(
         self, request: pb.GenerateCoverRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateCoverResponse:
         cover_request = CoverRequest(
@@ -207,7 +207,7 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
 
         return await self.calls.run("GenerateCover", context, body, fields, _style_of_response)
 
-    async def ListStyles(  # noqa: N802
+    async def ListStyles(
         self, request: pb.ListStylesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListStylesResponse:
         async def body() -> pb.ListStylesResponse:
@@ -237,7 +237,7 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
 
         return await self.calls.run("ListStyles", context, body, {})
 
-    async def ResolveRegion(  # noqa: N802
+    async def ResolveRegion(
         self, request: pb.ResolveRegionRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResolveRegionResponse:
         async def body() -> pb.ResolveRegionResponse:
@@ -331,7 +331,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if not hmac.compare_digest(presented.encode(), self.token.encode()):
             raise Unauthenticated("admin RPCs need 'authorization: Bearer <COVERGEN_ADMIN_TOKEN>' metadata")
 
-    async def ReloadStyles(  # noqa: N802
+    async def ReloadStyles(
         self, request: pb.ReloadStylesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReloadStylesResponse:
         async def body() -> pb.ReloadStylesResponse:
@@ -346,7 +346,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
         return await self.calls.run("ReloadStyles", context, body, {})
 
-    async def LoadAdapter(  # noqa: N802
+    async def LoadAdapter(
         self, request: pb.LoadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadAdapterResponse:
         async def body() -> pb.LoadAdapterResponse:
@@ -356,7 +356,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
         return await self.calls.run("LoadAdapter", context, body, {"style": request.style[:64]})
 
-    async def UnloadAdapter(  # noqa: N802
+    async def UnloadAdapter(
         self, request: pb.UnloadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> pb.UnloadAdapterResponse:
         async def body() -> pb.UnloadAdapterResponse:

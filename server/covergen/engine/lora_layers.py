@@ -196,7 +196,7 @@ class PerSampleLora:
         for name in names - self._hooks.keys():
             self._hooks[name] = self._modules[name].register_forward_hook(self._make_hook(name))
 
-    def _make_hook(self, name: str):  # noqa: ANN202 - torch hook signature
+    def _make_hook(self, name: str):
         plans = self._plans
 
         def hook(
