@@ -66,6 +66,7 @@ class Cover:
     arm: str = "regional"  # the A/B arm served: "regional" or "generic"
     fallback: bool = False  # a fallback stood in for the region's cover (budgeted calls only)
     fallback_reason: str = ""  # "budget", "overloaded" or "adapter_unavailable" when fallback
+    tone: str = ""  # "restrained" when the tone guard applied (covergen.titles.tone), else ""
 
     @property
     def cache_hit(self) -> bool:
@@ -83,6 +84,7 @@ class Plan:
     negative_prompt: str
     seed: int
     settings: GenerationSettings
+    tone: str = ""  # "restrained": a sensitive title, painted with the neutral default style
 
 
 class CoverMaker:
@@ -195,11 +197,12 @@ class CoverMaker:
     ) -> Plan:
         """The plan of `request` painted with an explicit `stack` (standing covers use this)."""
         settings = settings if settings is not None else validate(request, self.limits)
+        stack, tone = self.prompts.guard_tone(request.title, stack, self.library)  # sensitive: neutral, no festive
         cards = tuple(self.library.get(item.style) for item in stack)
         base = self.library.get("default")
-        built = self.prompts.build(request.title, base, cards)  # weight 0 drops the adapter, not the template
+        built = self.prompts.build(request.title, base, cards, tone)  # weight 0 drops the adapter, not the template
         seed = request.seed if request.seed is not None else derive_seed(request, list(stack))
-        return Plan(resolution, tuple(stack), cards, built.prompt, built.negative_prompt, seed, settings)
+        return Plan(resolution, tuple(stack), cards, built.prompt, built.negative_prompt, seed, settings, tone)
 
     def sources_of(self, plan: Plan) -> list[tuple[AdapterSource, float]]:
         """The adapter files a plan paints with and their weights (weight-0 and file-less left out)."""
@@ -300,6 +303,7 @@ class CoverMaker:
             timings_ms=timings,
             served_by=painted_by[0] if painted_by else "cache",
             arm=request.arm,
+            tone=plan.tone,
         )
 
 

@@ -17,6 +17,7 @@ Exposed series (every name starts with `covergen_`):
     adapter_loads_total, adapter_evictions_total, adapter_load_seconds, adapters_resident
     inflight_requests, queue_depth, queue_capacity   gauges
     cancelled_total{reason}                   counter, reason = deadline | cancelled
+    tone_guarded_total{tone}                  counter, covers served in a guarded tone (restrained)
     device_memory_bytes{device,kind}          gauge, CUDA allocated/reserved, or CPU rss
     feed (issue 16):
     arm_requests_total{arm}                   counter, GenerateCover answers by A/B arm served
@@ -190,6 +191,11 @@ class Metrics:
             "covergen_cancelled", "Requests abandoned before completion, by reason.",
             ["reason"], registry=r,
         )  # fmt: skip
+        self._tone_guarded = Counter(
+            "covergen_tone_guarded", "GenerateCover replies painted in a guarded tone (sensitive titles).",
+            ["tone"], registry=r,
+        )  # fmt: skip
+        self._tone_guarded.labels(tone="restrained")
         # Children for every known label value, so dashboards show zeros instead of no data.
         for outcome in ("hit", "miss", "coalesced", "bypass"):
             self._cache_requests.labels(outcome=outcome)
@@ -223,6 +229,10 @@ class Metrics:
         self._cancelled.labels(reason=reason).inc()
 
     # -- queue and generation ---------------------------------------------------------------
+
+    def count_tone(self, tone: str) -> None:
+        """Count one reply whose title tripped the tone guard (`tone` is e.g. "restrained")."""
+        self._tone_guarded.labels(tone=tone).inc()
 
     def set_queue_depth(self, depth: int) -> None:
         self._queue_depth.set(depth)

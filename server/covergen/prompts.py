@@ -1,36 +1,53 @@
 """The prompt builder: a news title plus a stack of style cards -> a CLIP-sized English prompt.
 
-Titles are mostly Chinese and SD 1.5's text encoder reads English, so the title only ever
-contributes two kinds of words to the prompt's subject slot: English outputs of the bilingual
-glossary (`styles/glossary.yaml`, matched after jieba segmentation) and plain ASCII words
-(`[A-Za-z][A-Za-z0-9-]*`, lower-cased, minus a stop-list). Everything else in the title (prompt
-syntax such as `<lora:x:1>`, `(word:1.5)`, `{scene}`, `[`, `|`, control and bidi characters,
-emoji) is dropped, so a title cannot inject syntax or pick adapters.
+Titles are mostly Chinese and SD 1.5's text encoder reads English. A title (NFKC, control and
+format characters removed, traditional script read as simplified through OpenCC) contributes
+English subject words from, in this order (`covergen.titles.reader`):
+
+    glossary (styles/glossary.yaml, curated, wins)
+      -> landmarks (styles/landmarks.yaml: 黄鹤楼 -> "yellow crane tower, multi-eaved pavilion ...")
+      -> dictionary (CC-CEDICT: one concrete sense per jieba word, by part of speech; numbers,
+         dates and function words dropped) or, when configured, a local MarianMT translator
+      -> plain ASCII words (`[A-Za-z][A-Za-z0-9-]*`, lower-cased, minus a stop-list).
+
+Every contributed word is whitelisted (letters, digits, spaces, apostrophes, hyphens), so prompt
+syntax in a title or a dictionary sense (`<lora:x:1>`, `(word:1.5)`, `{scene}`, `[`, `|`,
+control and bidi characters, emoji) never reaches the prompt and a title cannot pick adapters.
+Subject words are ordered by how paintable they are (glossary and landmarks, then nouns and
+places, then activities, then the rest; title order within a rank; a title's own ASCII words rank
+with the glossary), then the style's template.
 
 The prompt must fit CLIP's 77-token window (75 plus BOS/EOS). The caller passes a token counter
 (the pipeline's CLIP tokenizer); without one a conservative estimate is used. Over budget, the
 builder drops subject words from the end (keeping the first), then the primary style's details,
 then its scene, then the subject itself; style parts and trigger words are never dropped.
+
+The tone guard (`covergen.titles.tone`, styles/tone.yaml) marks titles about disasters,
+accidents, deaths, crimes and mourning; `guard_tone` and `build(..., tone=...)` then paint them
+with the neutral default style and a restrained template.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import re
-import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jieba
 import yaml
 
 from covergen.errors import ConfigError
-from covergen.styles import SUBJECT_PLACEHOLDER, StyleCard
+from covergen.regions import StyleWeight
+from covergen.styles import SUBJECT_PLACEHOLDER, StyleCard, StyleLibrary
+from covergen.titles.dictionary import Dictionary
+from covergen.titles.landmarks import Landmarks
+from covergen.titles.reader import RANK_CURATED, TitleReader
+from covergen.titles.script import to_simplified
+from covergen.titles.tone import ToneGuard
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
 
@@ -45,6 +62,7 @@ _HAN_TERM = re.compile(f"^{_HAN_RUN}$")
 _PLAIN_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 _ASCII_TERM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _GLOSSARY_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 '-]*$")
+_SUBJECT_ITEM = re.compile(r"^[a-z0-9][a-z0-9 '-]*$")
 _CLIP_PIECES = re.compile(r"[A-Za-z]+|[0-9]|\S")
 
 # ASCII title words that add nothing to a picture, and words of prompt-weighting syntaxes.
@@ -64,6 +82,7 @@ STOP_WORDS = frozenset(
     }
 )
 # fmt: on
+SYNTAX_WORDS = frozenset({"lora", "lyco", "lycoris", "hypernet", "embedding", "negative", "addnet"})
 
 
 def estimate_clip_tokens(text: str) -> int:
@@ -154,23 +173,30 @@ class PromptBuilder:
         count_tokens: Callable[[str], int] | None = None,
         max_tokens: int = CLIP_MAX_TOKENS,
         reserved_words: Iterable[str] = (),
+        *,
+        landmarks: Landmarks | None = None,
+        dictionary: Dictionary | None = None,
+        tone_guard: ToneGuard | None = None,
     ) -> None:
         """`reserved_words`: words a title may never contribute, e.g. every style's trigger
         words (`StyleLibrary.trigger_words()`), so a title cannot spell another style's trigger.
+        `landmarks`, `dictionary` and `tone_guard` are optional layers behind the glossary.
         """
         if max_tokens < 1:
             raise ConfigError(f"max_tokens {max_tokens} must be at least 1; CLIP's window is 75")
         glossary = {unicodedata.normalize("NFKC", k).strip(): v for k, v in glossary.items()}
         _check_glossary(glossary, "<mapping>")
-        self._han_terms = {k: v.lower() for k, v in glossary.items() if _HAN_TERM.fullmatch(k)}
+        han_terms = {k: v.lower() for k, v in glossary.items() if _HAN_TERM.fullmatch(k)}
         self._ascii_terms = {
             k.casefold(): v.lower() for k, v in glossary.items() if not _HAN_TERM.fullmatch(k)
         }
-        self._longest_term = max(map(len, self._han_terms), default=0)
         self._count_tokens = count_tokens or estimate_clip_tokens
         self._max_tokens = max_tokens
         self._reserved = frozenset(_words_of(reserved_words))
-        self._segmenter = _Segmenter(term for term in self._han_terms if len(term) > 1)
+        self.landmarks = landmarks or Landmarks.empty()
+        self.dictionary = dictionary
+        self.tone_guard = tone_guard
+        self._reader = TitleReader(han_terms, self.landmarks.pictures, dictionary)
 
     @classmethod
     def load(
@@ -179,9 +205,22 @@ class PromptBuilder:
         count_tokens: Callable[[str], int] | None = None,
         max_tokens: int = CLIP_MAX_TOKENS,
         reserved_words: Iterable[str] = (),
+        *,
+        dictionary: bool = True,
     ) -> PromptBuilder:
-        """A builder over the glossary file at `glossary_path`."""
-        return cls(load_glossary(glossary_path), count_tokens, max_tokens, reserved_words)
+        """A builder over the glossary file at `glossary_path`, with the `landmarks.yaml` and
+        `tone.yaml` beside it when they exist and (unless `dictionary=False`) the bundled CC-CEDICT."""
+        folder = Path(glossary_path).parent
+        landmarks_path, tone_path = folder / "landmarks.yaml", folder / "tone.yaml"
+        return cls(
+            load_glossary(glossary_path),
+            count_tokens,
+            max_tokens,
+            reserved_words,
+            landmarks=Landmarks.load(landmarks_path) if landmarks_path.is_file() else None,
+            dictionary=Dictionary.bundled() if dictionary else None,
+            tone_guard=ToneGuard.load(tone_path) if tone_path.is_file() else None,
+        )
 
     def with_budget(
         self, count_tokens: Callable[[str], int] | None, max_tokens: int = CLIP_MAX_TOKENS
@@ -198,32 +237,53 @@ class PromptBuilder:
 
     def warm_up(self) -> None:
         """Initialise jieba now (about 1.5 s, CPU-bound) instead of during the first request."""
-        self._segmenter.cut("")
+        self._reader.warm_up()
+
+    # ---- the tone guard ----------------------------------------------------------------------
+
+    def tone_of(self, title: str) -> str:
+        """RESTRAINED ("restrained") when the tone guard holds a sensitive term of `title`, else ""."""
+        return self.tone_guard.tone_of_title(title) if self.tone_guard else ""
+
+    def guard_tone(
+        self, title: str, stack: Sequence[StyleWeight], library: StyleLibrary
+    ) -> tuple[list[StyleWeight], str]:
+        """The stack to paint `title` with and its tone: a sensitive title gets the neutral
+        default style at its default weight and only non-festive overlays."""
+        tone = self.tone_of(title)
+        if not tone or self.tone_guard is None:
+            return list(stack), ""
+        return self.tone_guard.restrain_stack(stack, library), tone
 
     # ---- the title -> subject words ----------------------------------------------------------
 
     def subject_words(self, title: str) -> tuple[str, ...]:
-        """English words the title contributes, in title order, deduplicated."""
+        """English words the title contributes, most paintable first, deduplicated."""
         return self._subject_words(title, self._reserved)
 
     def _subject_words(self, title: str, reserved: frozenset[str]) -> tuple[str, ...]:
-        words: dict[str, None] = {}
-        for word in self._title_words(sanitize_title(title), reserved):
-            words.setdefault(word, None)
-            if len(words) >= self._max_tokens:  # each word costs at least one token
-                break
-        return tuple(words)
+        ranked: dict[str, int] = {}
+        for word, rank in self._title_words(to_simplified(sanitize_title(title)), reserved):
+            if word not in ranked:
+                ranked[word] = rank
+                if len(ranked) >= 2 * self._max_tokens:  # each word costs at least one token
+                    break
+        ordered = sorted(ranked, key=ranked.__getitem__)  # stable: title order within a rank
+        return tuple(ordered[: self._max_tokens])
 
-    def _title_words(self, text: str, reserved: frozenset[str]) -> Iterator[str]:
+    def _title_words(self, text: str, reserved: frozenset[str]) -> Iterator[tuple[str, int]]:
         for match in _TITLE_PIECES.finditer(text):
             han, ascii_run = match.groups()
             if han:
-                for segment in self._segmenter.cut(han):
-                    yield from self._translate(segment)
+                for reading in self._reader.read(han):
+                    for item in reading.english.split(","):
+                        word = _clean_item(item, reserved)
+                        if word:
+                            yield word, reading.rank
             else:
                 english = self._ascii_terms.get(ascii_run.casefold())
                 if english is not None:
-                    yield english
+                    yield english, RANK_CURATED
                     continue
                 word = ascii_run.strip("-").lower()
                 if (
@@ -232,35 +292,22 @@ class PromptBuilder:
                     and word not in STOP_WORDS
                     and word not in reserved
                 ):
-                    yield word
-
-    def _translate(self, segment: str) -> Iterator[str]:
-        """A jieba segment through the glossary; a segment it does not hold is scanned for the
-        longest glossary terms inside it (forward maximum matching)."""
-        english = self._han_terms.get(segment)
-        if english is not None:
-            yield english
-            return
-        start = 0
-        while start < len(segment):
-            for end in range(min(len(segment), start + self._longest_term), start, -1):
-                english = self._han_terms.get(segment[start:end])
-                if english is not None:
-                    yield english
-                    start = end
-                    break
-            else:
-                start += 1
+                    yield word, RANK_CURATED  # the title's own English (names, acronyms)
 
     # ---- cards + subject -> prompt -----------------------------------------------------------
 
-    def build(self, title: str, base: StyleCard, stack: Sequence[StyleCard]) -> BuiltPrompt:
+    def build(self, title: str, base: StyleCard, stack: Sequence[StyleCard], tone: str = "") -> BuiltPrompt:
         """The prompt for `title` under `stack` (in order; `base` when it holds no non-overlay).
 
         The first non-overlay card of `stack` (else `base`) gives the four template parts;
         every other stacked card adds its style part and trigger words. The negative prompt is
-        the union of all cards' negative prompts, `base` included.
+        the union of all cards' negative prompts, `base` included. With `tone` "restrained"
+        (from `guard_tone`) `base` and its place in `stack` take the tone guard's template.
         """
+        if tone and self.tone_guard is not None:
+            restrained = self.tone_guard.restrained_card(base)
+            stack = [restrained if card.name == base.name else card for card in stack]
+            base = restrained
         primary = next((card for card in stack if card.kind != "overlay"), base)
         further = [card for card in _unique(stack) if card.name != primary.name]
         reserved = self._reserved | frozenset(
@@ -339,43 +386,21 @@ class PromptBuilder:
         return ", ".join(kept)
 
 
-class _Segmenter:
-    """A private jieba tokenizer that keeps the glossary's terms whole, initialised on first use
-    (about 1.5 s) and once, quietly; shared by a builder and its `with_budget` twins."""
-
-    # jieba's own dictionary has common words at frequencies in the thousands to hundreds of
-    # thousands; this floor makes a glossary term win over a longer or shorter dictionary word
-    # in context (龙井 + 茶园, not 龙井茶 + 园).
-    TERM_FREQUENCY_FLOOR = 20_000
-
-    def __init__(self, terms: Iterable[str]) -> None:
-        self._terms = tuple(terms)
-        self._tokenizer: jieba.Tokenizer | None = None
-        self._lock = threading.Lock()
-
-    def cut(self, text: str) -> Iterator[str]:
-        """Segments of a run of Chinese characters, without jieba's HMM guessing new words."""
-        segments: Iterator[str] = self._ready().cut(text, HMM=False)  # lazy: iterate to cut
-        return segments
-
-    def _ready(self) -> jieba.Tokenizer:
-        with self._lock:
-            if self._tokenizer is None:
-                jieba.setLogLevel(logging.WARNING)
-                tokenizer = jieba.Tokenizer()
-                tokenizer.initialize()
-                for term in self._terms:
-                    frequency = max(tokenizer.suggest_freq(term, False), self.TERM_FREQUENCY_FLOOR)
-                    tokenizer.add_word(term, freq=frequency)
-                self._tokenizer = tokenizer
-            return self._tokenizer
-
-
 def _unique(cards: Iterable[StyleCard]) -> list[StyleCard]:
     seen: dict[str, StyleCard] = {}
     for card in cards:
         seen.setdefault(card.name, card)
     return list(seen.values())
+
+
+def _clean_item(item: str, reserved: frozenset[str]) -> str:
+    """One subject item as whitelisted lower-case words, minus reserved (trigger) words; empty
+    when nothing is left but stop words."""
+    words = [w for w in item.lower().split() if w not in reserved and w not in SYNTAX_WORDS]
+    if all(w in STOP_WORDS for w in words):
+        return ""
+    text = " ".join(words).strip(" '-")
+    return text if _SUBJECT_ITEM.fullmatch(text) and len(text) <= 4 * MAX_ASCII_WORD else ""
 
 
 def _words_of(phrases: Iterable[str]) -> Iterator[str]:

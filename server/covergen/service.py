@@ -195,6 +195,8 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
                 cover_request, budget_ms=request.budget_ms, arm=_arm_of(request.arm), unit_id=request.unit_id
             )
             cover = await self.feed.covers.make(feed_request, deadline)
+            if cover.tone:
+                self.calls.metrics.count_tone(cover.tone)
             fields.update(
                 request_id=cover.request_id,
                 cache=cover.cache_outcome.value if cover.cache_outcome else "off",
@@ -309,6 +311,7 @@ def _cover_response(cover: Cover) -> pb.GenerateCoverResponse:
         fallback_reason=cover.fallback_reason,
         arm=_ARM_VALUES[cover.arm],
         served_by=cover.served_by,
+        tone=cover.tone,
     )
 
 

@@ -88,7 +88,7 @@ class FallbackChooser:
         cover = await self._broader_cached(request, plan, reason, arm)
         if cover is None:
             regional = next((i.style for i in plan.resolution.stack if i.weight > 0), DEFAULT_STYLE)
-            style = DEFAULT_STYLE if arm == "generic" else regional
+            style = DEFAULT_STYLE if arm == "generic" or plan.tone else regional  # tone guard: neutral
             cover = self._standing(plan, style, reason, arm) or self._standing(plan, DEFAULT_STYLE, reason, arm)
         if cover is not None:
             cover.timings_ms["total_ms"] = (time.perf_counter() - started) * 1000
@@ -171,4 +171,5 @@ class FallbackChooser:
             arm=arm,
             fallback=True,
             fallback_reason=reason,
+            tone=asked.tone,
         )
