@@ -31,6 +31,7 @@ from covergen.covers import CoverMaker
 from covergen.engine.batcher import Engine, EngineObserver
 from covergen.engine.denoise import CoverJob
 from covergen.engine.speedups import apply_speedups
+from covergen.engine.step_batcher import StepEngine
 from covergen.errors import ConfigError
 from covergen.feed.parts import FeedParts, build_feed
 from covergen.metrics import Metrics
@@ -214,7 +215,8 @@ async def build_painting(settings: Settings) -> PaintingParts:
     zero_mean = bool(getattr(base, "zero_mean_noise", False))
     tuned = apply_speedups(base.pipeline, settings, zero_mean_noise=zero_mean)
     denoiser = tuned.denoiser
-    engine = Engine(
+    engine_class = StepEngine if settings.batching == "step" else Engine
+    engine = engine_class(
         denoiser,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,

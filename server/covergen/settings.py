@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     max_batch: int = Field(4, ge=1, le=64)
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     max_queue: int = Field(64, ge=1, description="admission queue bound; beyond it RESOURCE_EXHAUSTED")
+    batching: Literal["step", "static"] = Field(
+        "step",
+        description='"step": jobs join and leave the running batch at every denoising step (max_batch '
+        'slots); "static": a batch runs all its steps before the next is formed (kept for comparison)',
+    )
 
     # --- speedups (engine/speedups.py; measured effects in loadtest/RESULTS.md) ---------------
     fuse_shared_stacks: bool = Field(

@@ -71,6 +71,7 @@ class PerSampleLora:
         }
         self._hooks: dict[str, RemovableHandle] = {}
         self._plans: dict[str, _ModulePlan] = {}
+        self._active: tuple | None = None  # what the current plan (or fused copy) was built for
         self._stack_cache: OrderedDict[tuple, dict[str, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self._max_cached = max_cached_stacks
 
@@ -103,13 +104,22 @@ class PerSampleLora:
     # --- per batch -----------------------------------------------------------------------------
 
     def activate(self, stacks: Sequence[Sequence[StackItem]], rows: Sequence[int]) -> None:
-        """Set the plan for the next forwards: sample `i` of the batch uses `stacks[rows[i]]`."""
+        """Set the plan for the next forwards: sample `i` of the batch uses `stacks[rows[i]]`.
+
+        Asking again for what is already active costs nothing (the step-level engine asks every
+        time its running set changes): a shared stack's plan or fused copy does not depend on
+        the batch size, a mixed plan does."""
+        shared = len(set(rows)) == 1
+        signatures = tuple(stack_signature(stacks[r]) for r in (rows[:1] if shared else rows))
+        key = ("shared", signatures) if shared else ("mixed", signatures)
+        if key == self._active:
+            return
         self.deactivate()
+        self._active = key
         merged = [self._merged(stack) for stack in stacks]
         module_names = {name for m in merged for name in m}
         if not module_names:
             return
-        shared = len(set(rows)) == 1
         if shared and self.fuse_shared:
             self._fuse(merged[rows[0]])
             return
@@ -137,6 +147,7 @@ class PerSampleLora:
 
     def deactivate(self) -> None:
         """Back to the base model: no plan, every fused weight swapped back for the original."""
+        self._active = None
         self._plans.clear()
         for name, original in self._originals.items():
             self._modules[name].weight = original
