@@ -30,6 +30,7 @@ with the neutral default style and a restrained template.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import re
 import unicodedata
@@ -45,9 +46,10 @@ from covergen.regions import StyleWeight
 from covergen.styles import SUBJECT_PLACEHOLDER, StyleCard, StyleLibrary
 from covergen.titles.dictionary import Dictionary
 from covergen.titles.landmarks import Landmarks
-from covergen.titles.reader import RANK_CURATED, TitleReader
+from covergen.titles.reader import RANK_CURATED, RANK_NOUN, TitleReader
 from covergen.titles.script import to_simplified
 from covergen.titles.tone import ToneGuard
+from covergen.titles.translator import MarianTranslator
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
 
@@ -59,6 +61,9 @@ _HAN_RUN = r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
 _ASCII_RUN = r"[A-Za-z0-9_-]+"
 _TITLE_PIECES = re.compile(f"({_HAN_RUN})|({_ASCII_RUN})")
 _HAN_TERM = re.compile(f"^{_HAN_RUN}$")
+_HAN_PIECE = re.compile(_HAN_RUN)
+_NOT_PLAIN = re.compile(r"[^a-z0-9' -]+")
+MAX_TRANSLATION_WORDS = 24
 _PLAIN_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 _ASCII_TERM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _GLOSSARY_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 '-]*$")
@@ -177,10 +182,12 @@ class PromptBuilder:
         landmarks: Landmarks | None = None,
         dictionary: Dictionary | None = None,
         tone_guard: ToneGuard | None = None,
+        translator: MarianTranslator | None = None,
     ) -> None:
         """`reserved_words`: words a title may never contribute, e.g. every style's trigger
         words (`StyleLibrary.trigger_words()`), so a title cannot spell another style's trigger.
-        `landmarks`, `dictionary` and `tone_guard` are optional layers behind the glossary.
+        `landmarks`, `dictionary` and `tone_guard` are optional layers behind the glossary;
+        a `translator`, when given, replaces the dictionary for titles it translates in time.
         """
         if max_tokens < 1:
             raise ConfigError(f"max_tokens {max_tokens} must be at least 1; CLIP's window is 75")
@@ -196,6 +203,7 @@ class PromptBuilder:
         self.landmarks = landmarks or Landmarks.empty()
         self.dictionary = dictionary
         self.tone_guard = tone_guard
+        self.translator = translator
         self._reader = TitleReader(han_terms, self.landmarks.pictures, dictionary)
 
     @classmethod
@@ -207,6 +215,7 @@ class PromptBuilder:
         reserved_words: Iterable[str] = (),
         *,
         dictionary: bool = True,
+        translator: MarianTranslator | None = None,
     ) -> PromptBuilder:
         """A builder over the glossary file at `glossary_path`, with the `landmarks.yaml` and
         `tone.yaml` beside it when they exist and (unless `dictionary=False`) the bundled CC-CEDICT."""
@@ -220,6 +229,7 @@ class PromptBuilder:
             landmarks=Landmarks.load(landmarks_path) if landmarks_path.is_file() else None,
             dictionary=Dictionary.bundled() if dictionary else None,
             tone_guard=ToneGuard.load(tone_path) if tone_path.is_file() else None,
+            translator=translator,
         )
 
     def with_budget(
@@ -233,6 +243,12 @@ class PromptBuilder:
         twin = copy.copy(self)
         twin._count_tokens = count_tokens or estimate_clip_tokens
         twin._max_tokens = max_tokens
+        return twin
+
+    def with_translator(self, translator: MarianTranslator | None) -> PromptBuilder:
+        """The same builder (sharing glossary, dictionary and jieba) with another translator."""
+        twin = copy.copy(self)
+        twin.translator = translator
         return twin
 
     def warm_up(self) -> None:
@@ -262,8 +278,11 @@ class PromptBuilder:
         return self._subject_words(title, self._reserved)
 
     def _subject_words(self, title: str, reserved: frozenset[str]) -> tuple[str, ...]:
+        text = to_simplified(sanitize_title(title))
+        translated = self._translated(text)
         ranked: dict[str, int] = {}
-        for word, rank in self._title_words(to_simplified(sanitize_title(title)), reserved):
+        found = self._title_words(text, reserved, curated_only=translated is not None)
+        for word, rank in itertools.chain(found, _translation_items(translated or "", reserved)):
             if word not in ranked:
                 ranked[word] = rank
                 if len(ranked) >= 2 * self._max_tokens:  # each word costs at least one token
@@ -271,11 +290,21 @@ class PromptBuilder:
         ordered = sorted(ranked, key=ranked.__getitem__)  # stable: title order within a rank
         return tuple(ordered[: self._max_tokens])
 
-    def _title_words(self, text: str, reserved: frozenset[str]) -> Iterator[tuple[str, int]]:
+    def _translated(self, text: str) -> str | None:
+        """The translator's English for a title holding Chinese, or None (none, failed, slow)."""
+        if self.translator is None or not _HAN_PIECE.search(text):
+            return None
+        return self.translator.translate([text])[0]
+
+    def _title_words(
+        self, text: str, reserved: frozenset[str], curated_only: bool = False
+    ) -> Iterator[tuple[str, int]]:
         for match in _TITLE_PIECES.finditer(text):
             han, ascii_run = match.groups()
             if han:
                 for reading in self._reader.read(han):
+                    if curated_only and reading.rank != RANK_CURATED:
+                        continue  # the translator speaks for everything but glossary and landmarks
                     for item in reading.english.split(","):
                         word = _clean_item(item, reserved)
                         if word:
@@ -401,6 +430,21 @@ def _clean_item(item: str, reserved: frozenset[str]) -> str:
         return ""
     text = " ".join(words).strip(" '-")
     return text if _SUBJECT_ITEM.fullmatch(text) and len(text) <= 4 * MAX_ASCII_WORD else ""
+
+
+def _translation_items(text: str, reserved: frozenset[str]) -> Iterator[tuple[str, int]]:
+    """A translation as subject items (split at punctuation and "and"), plain words only, stop
+    and reserved words out, at most MAX_TRANSLATION_WORDS words in all."""
+    budget = MAX_TRANSLATION_WORDS
+    for piece in re.split(r"[,;.:!?()\[\]]| and ", text.lower()):
+        words = [w for w in _NOT_PLAIN.sub(" ", piece).split() if w not in STOP_WORDS]
+        words = [w for w in words if w not in reserved and w not in SYNTAX_WORDS][:budget]
+        item = _clean_item(" ".join(words), reserved)
+        if item:
+            budget -= len(words)
+            yield item, RANK_NOUN
+        if budget <= 0:
+            return
 
 
 def _words_of(phrases: Iterable[str]) -> Iterator[str]:

@@ -76,8 +76,9 @@ class _MetricsObserver(EngineObserver, RegistryObserver):
         self.metrics.set_adapters_resident(count)
 
 
-def load_styles(styles_dir: Path, count_tokens: object | None = None):
-    """Read style cards, the regions table and the glossary from `styles_dir`."""
+def load_styles(styles_dir: Path, count_tokens: object | None = None, translator: object | None = None):
+    """Read style cards, the regions table, the glossary, landmarks and tone guard from `styles_dir`
+    (`translator`: a loaded MarianTranslator, or None for the dictionary path)."""
     if not styles_dir.is_dir():
         raise ConfigError(f"styles directory {styles_dir} does not exist; set COVERGEN_STYLES_DIR")
     library = StyleLibrary.load(styles_dir)
@@ -86,7 +87,10 @@ def load_styles(styles_dir: Path, count_tokens: object | None = None):
         styles_dir / "glossary.yaml",
         count_tokens=count_tokens,  # type: ignore[arg-type]
         reserved_words=library.trigger_words(),
+        translator=translator,  # type: ignore[arg-type]
     )
+    if prompts.tone_guard is not None:
+        prompts.tone_guard.check_styles(library)
     prompts.warm_up()  # jieba's dictionary: ~2 s here rather than on the first request
     return library, resolver, prompts
 
@@ -266,7 +270,14 @@ async def build_front(
     None (default: StyleAdmin over the local registry)."""
     started = time.perf_counter() if started is None else started
     count_tokens = _count_tokens(facts.tokenizer)
-    library, resolver, prompts = load_styles(settings.styles_dir, count_tokens)
+    translator = None
+    if settings.translator is not None:  # COVERGEN_TRANSLATOR: a local MarianMT folder
+        from covergen.titles.translator import MarianTranslator
+
+        translator = MarianTranslator.load(
+            settings.translator, settings.device, budget_s=settings.translator_budget_ms / 1000
+        )
+    library, resolver, prompts = load_styles(settings.styles_dir, count_tokens, translator)
 
     embedded_redis: EmbeddedRedis | None = None
     cache: ResultCache | None = None
@@ -319,7 +330,7 @@ async def build_front(
     state = ServingState()
     calls = _Calls(metrics, state, settings.log_titles)
     pb_grpc.add_CoverServiceServicer_to_server(CoverServicer(maker, calls, feed), server)
-    reload_styles: StyleLoader = lambda: load_styles(settings.styles_dir, count_tokens)  # noqa: E731
+    reload_styles: StyleLoader = lambda: load_styles(settings.styles_dir, count_tokens, translator)  # noqa: E731
     if painting is not None:
         operations: Any = StyleAdmin(maker, painting.registry, reload_styles, after_reload=feed.after_reload)
     elif admin is not None:

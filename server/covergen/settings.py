@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     )
     cache_dir: Path | None = Field(None, description="model cache (default: <repo>/.cache/covergen)")
     styles_dir: Path = Field(REPO_ROOT / "styles", description="style cards, regions, glossary")
+    # --- titles (covergen.titles) ---
+    translator: Path | None = Field(
+        None, description="local MarianMT folder (e.g. a copy of opus-mt-zh-en) for titles; never downloaded"
+    )
+    translator_budget_ms: float = Field(
+        250.0, ge=0.0, le=10_000.0, description="longest wait for a translation before the dictionary path serves"
+    )
 
     # --- generation defaults and limits ---------------------------------------------------------
     default_steps: int | None = Field(
