@@ -2,7 +2,7 @@
 floor: the share of concept groups that reach the subject words must not fall.
 
 Measured with `.venv/bin/python tests/headline_score.py`: 47.7% on the glossary-only builder
-(main at 163e9e6), FLOOR below with glossary -> landmarks -> CC-CEDICT. A change that loses
+(main at 163e9e6), FLOOR below (81.2%) with glossary -> landmarks -> CC-CEDICT. A change that loses
 more than MARGIN (about three concept groups of 612) fails; one that gains should raise FLOOR.
 """
 
@@ -16,7 +16,7 @@ from covergen.prompts import PromptBuilder
 from covergen.styles import StyleLibrary
 
 STYLES_ROOT = Path(__file__).resolve().parents[1] / "styles"
-FLOOR = 0.792
+FLOOR = 0.812
 MARGIN = 0.005
 
 

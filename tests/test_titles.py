@@ -57,6 +57,18 @@ def test_the_paintable_sense_rule(senses: list[str], expected: str | None) -> No
     assert paintable_sense(senses) == expected
 
 
+@pytest.mark.parametrize(
+    ("senses", "expected"),
+    [
+        (["chauffeur", "driver"], "chauffeur, driver"),
+        (["row", "to walk", "line"], "row"),  # a verb sense between: the next noun is another meaning
+        (["sand and dust storm", "dust"], "sand and dust storm"),  # too long to take a synonym
+    ],
+)
+def test_a_short_noun_sense_brings_one_synonym(senses: list[str], expected: str) -> None:
+    assert paintable_sense(senses, synonym=True) == expected
+
+
 def test_bare_verbs_only_when_asked() -> None:
     assert paintable_sense(["to collapse"]) is None
     assert paintable_sense(["to collapse"], allow_bare_verb=True) == "collapse"
@@ -84,6 +96,7 @@ def test_the_bundled_cedict_is_loaded_once_and_reads_common_news_words() -> None
         ("西湖边的柳树发芽了", ["west lake", "willow"], ["xihu"]),  # the glossary wins over CEDICT
         ("2024年3月5日第三届三万人5号", [], ["2024", "three", "third", "march"]),
         ("四川地震救援进行中", ["sichuan", "earthquake"], []),
+        ("霜降后枫叶红了", ["maple", "red"], []),  # 红: a one-character adjective that paints
     ],
 )
 def test_titles_carry_their_story(

@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 MAX_SENSE_WORDS = 6
+SYNONYM_WORDS = 2  # a synonym is added only to, and only as, a sense this short
 
 _SKIP_SENSE = re.compile(
     r"^(surname |short name for |short for |(old |archaic |japanese |erhua |ancient )?variant of|see |see also|abbr\.|abbr |"
@@ -79,19 +80,33 @@ def clean_sense(sense: str) -> tuple[str, bool] | None:
     return text, verb
 
 
-def paintable_sense(senses: Iterable[str], *, allow_bare_verb: bool = False) -> str | None:
-    """The first noun sense that paints, else the first verb sense with an object (see module)."""
+def paintable_sense(
+    senses: Iterable[str], *, allow_bare_verb: bool = False, synonym: bool = False
+) -> str | None:
+    """The first noun sense that paints, else the first verb sense with an object (see module).
+
+    With `synonym`, a short first noun sense is followed by the next one when that is short too
+    ("chauffeur, driver"): CLIP then sees the plainer of two renderings of the same word.
+    """
     verb_choice: str | None = None
+    first: str | None = None  # a short first noun sense, waiting for its synonym
     for sense in senses:
         cleaned = clean_sense(sense)
         if cleaned is None:
             continue
         words, verb = cleaned
-        if not verb:
+        if verb:
+            if first is not None:
+                break  # a verb sense after the noun: what follows is likely another meaning
+            if verb_choice is None and (allow_bare_verb or " " in words):
+                verb_choice = words
+        elif first is not None:
+            return f"{first}, {words}" if len(words.split()) <= SYNONYM_WORDS and words != first else first
+        elif synonym and len(words.split()) <= SYNONYM_WORDS:
+            first = words
+        else:
             return words
-        if verb_choice is None and (allow_bare_verb or " " in words):
-            verb_choice = words
-    return verb_choice
+    return first if first is not None else verb_choice
 
 
 class Dictionary:
@@ -99,7 +114,7 @@ class Dictionary:
 
     def __init__(self, entries: dict[str, str]) -> None:
         self._entries = entries  # simplified word -> senses joined by "/" (readings in file order)
-        self._chosen: dict[tuple[str, bool], str | None] = {}  # bounded by the entry count
+        self._chosen: dict[tuple[str, bool, bool], str | None] = {}  # bounded by the entry count
         self._lock = threading.Lock()
         self.longest = max(map(len, entries), default=0)
 
@@ -113,13 +128,15 @@ class Dictionary:
         raw = self._entries.get(word)
         return raw.split("/") if raw else []
 
-    def sense(self, word: str, *, allow_bare_verb: bool = False) -> str | None:
+    def sense(self, word: str, *, allow_bare_verb: bool = False, synonym: bool = False) -> str | None:
         """The paintable sense of `word`, or None (unknown word, or nothing paintable)."""
-        key = (word, allow_bare_verb)
+        key = (word, allow_bare_verb, synonym)
         if key in self._chosen:
             return self._chosen[key]
         raw = self._entries.get(word)
-        chosen = paintable_sense(raw.split("/"), allow_bare_verb=allow_bare_verb) if raw else None
+        chosen = (
+            paintable_sense(raw.split("/"), allow_bare_verb=allow_bare_verb, synonym=synonym) if raw else None
+        )
         with self._lock:
             self._chosen[key] = chosen
         return chosen

@@ -39,6 +39,10 @@ _ADJECTIVES = frozenset({"a", "ad", "ag", "al", "b", "bl", "z"})
 _TIME = frozenset({"t", "tg"})
 _PAINTABLE_TIME = re.compile(r"\b(festival|night|nighttime|evening|dawn|dusk|sunrise|sunset|spring|summer|"
                              r"autumn|winter|new year|lantern|solstice|equinox)\b")  # fmt: skip
+# One-character adjectives and time words that still paint (红 red, 夜 night, 热 hot).
+_PAINTABLE_SINGLE = frozenset({"red", "green", "blue", "yellow", "white", "black", "golden", "gold", "purple",
+                               "pink", "grey", "gray", "hot", "cold", "night", "evening", "morning", "dawn",
+                               "spring", "summer", "autumn", "winter", "old", "ancient", "snow", "rain"})  # fmt: skip
 _NUMERAL = re.compile(r"^[零〇一二三四五六七八九十百千万亿两几第多余数半]+.?$")
 
 
@@ -108,10 +112,11 @@ class TitleReader:
             return None
         single = len(segment) == 1
         if flag in _NOUNS:
-            sense = dictionary.sense(segment, allow_bare_verb=flag == "vn" and not single)
+            sense = dictionary.sense(segment, allow_bare_verb=flag == "vn" and not single, synonym=not single)
             return Reading(sense, RANK_NOUN) if sense else None
-        if single:
-            return None  # one-character verbs, adjectives and time words paint nothing
+        if single:  # one-character verbs, adjectives and time words: only the few that paint
+            sense = dictionary.sense(segment) if flag in _ADJECTIVES or flag in _TIME else None
+            return Reading(sense, RANK_OTHER) if sense in _PAINTABLE_SINGLE else None
         if flag in _VERBS:
             sense = dictionary.sense(segment)
             if sense:
@@ -153,10 +158,11 @@ class TitleReader:
                     yield Reading(curated, RANK_CURATED)
                     start = end
                     continue
-                # A character left alone counts only when jieba calls it a noun by itself
-                # (人 yes; 被 "quilt", a preposition here, no).
-                if tags.get(character, "x") in _NOUNS - {"x", "eng"} and not _NUMERAL.fullmatch(character):
-                    word = self._looked_up(character, tags[character])
+                # A character left alone goes through the part-of-speech rules with jieba's tag
+                # for it alone (人 a noun: yes; 被 "quilt", a preposition: no; 红 "red": yes).
+                tag = tags.get(character, "x")
+                if tag not in {"x", "eng", "m", "q"} and not _NUMERAL.fullmatch(character):
+                    word = self._looked_up(character, tag)
                     if word is not None:
                         yield Reading(word.english, RANK_OTHER)
             start = end
