@@ -127,13 +127,15 @@ async def wait_serving(target: str, timeout_s: float) -> None:
 
 
 class ServerProcess:
-    """`python -m covergen.cli` as a child process on a free loopback port.
+    """`python -m covergen.cli` (or another server `module`, e.g. covergen.rayserve.cli) as a
+    child process on a free loopback port.
 
     `env` adds COVERGEN_* settings (HOST, GRPC_PORT and METRICS_PORT are chosen here); the
     child's log goes to `log_path`.
     """
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, module: str = "covergen.cli") -> None:
+        self.module = module
         self.port = free_port()
         self.log_path = log_path
         self._env = {
@@ -161,7 +163,7 @@ class ServerProcess:
     async def start(self, timeout_s: float = 180.0) -> None:
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "covergen.cli", env=self._env, stdout=log, stderr=subprocess.STDOUT
+                sys.executable, "-m", self.module, env=self._env, stdout=log, stderr=subprocess.STDOUT
             )
         waiting = asyncio.ensure_future(wait_serving(self.target, timeout_s))
         exited = asyncio.ensure_future(self.process.wait())
@@ -172,7 +174,7 @@ class ServerProcess:
             return
         waiting.cancel()
         tail = self.log_path.read_text(errors="replace").splitlines()[-5:]
-        raise RuntimeError(f"covergen-server exited with {self.process.returncode}: " + " | ".join(tail))
+        raise RuntimeError(f"{self.module} exited with {self.process.returncode}: " + " | ".join(tail))
 
     async def terminate(self, timeout_s: float) -> int:
         """SIGTERM and wait for the drain; returns the exit code (kills after `timeout_s`)."""

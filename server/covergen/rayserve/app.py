@@ -11,7 +11,6 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
-from ray.serve.config import AutoscalingConfig
 
 from covergen.rayserve.ingress import IngressReplica
 from covergen.rayserve.painter import PainterReplica
@@ -32,11 +31,14 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     (COVERGEN_* variables in the config's runtime_env reach them too)."""
     overrides = dict((args or {}).get("settings", {}))
     settings = Settings(**overrides)
-    return ingress_deployment(settings).bind(painter_deployment(settings).bind(overrides), overrides)
+    # replicas unset: the config's autoscaling_config sizes the painter tier
+    painter = painter_deployment(settings, replicas=None)
+    return ingress_deployment(settings).bind(painter.bind(overrides), overrides)
 
 
-def painter_deployment(settings: Settings, autoscaling: AutoscalingConfig | None = None) -> Any:
-    """The painter tier: `ray_painter_replicas` fixed replicas unless `autoscaling` is given."""
+def painter_deployment(settings: Settings, replicas: int | None = 0) -> Any:
+    """The painter tier: `replicas` fixed replicas (0: `ray_painter_replicas`; None: leave the count
+    to the Serve config's `autoscaling_config`)."""
     options: dict[str, Any] = {
         "name": PAINTER,
         "ray_actor_options": {
@@ -48,10 +50,8 @@ def painter_deployment(settings: Settings, autoscaling: AutoscalingConfig | None
         "graceful_shutdown_timeout_s": settings.drain_grace_s + 5.0,
         "health_check_period_s": 10.0,
     }
-    if autoscaling is not None:
-        options["autoscaling_config"] = autoscaling
-    else:
-        options["num_replicas"] = settings.ray_painter_replicas
+    if replicas is not None:
+        options["num_replicas"] = replicas or settings.ray_painter_replicas
     return serve.deployment(PainterReplica, **options)
 
 

@@ -10,6 +10,7 @@ raylet and worker, Redis stops.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,9 @@ from covergen.logs import configure_logging
 from covergen.settings import Settings
 
 log = logging.getLogger("covergen.rayserve")
+# Written under the Ray temp dir once serving: {"grpc_port", "gcs_address", "pid"}, for operators
+# and tests that attach to the cluster.
+READY_FILE = "covergen-ray.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +87,8 @@ def run(settings: Settings, num_cpus: int, temp_dir: Path, stop: threading.Event
             app = ingress_deployment(settings).bind(painter_deployment(settings).bind(overrides), overrides)
             ingress = serve.run(app, name=APP_NAME, route_prefix=None)
             port = ingress.port.remote().result()
+            ready = {"grpc_port": port, "gcs_address": ray.get_runtime_context().gcs_address, "pid": os.getpid()}
+            (temp_dir / READY_FILE).write_text(json.dumps(ready), encoding="utf-8")
             log.info(
                 "covergen on Ray Serve: gRPC on :%d, %d painter replicas; ready in %.1f s (Ray cluster %.1f s); "
                 "Ray session under %s",
