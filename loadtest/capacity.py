@@ -14,8 +14,11 @@ The model, stated (every assumption is printed with the answer):
 - Traffic peaks at `peak_factor` x the day's average rate.
 - A painter replica paints one cover per `seconds_per_cover` (the engine's batching gains,
   if any, are folded into that figure: pass the measured per-cover time at your batch size).
-- Painters are one FIFO queue (the engine has no priorities): M/M/c, Erlang C. A miss's
-  latency is its wait plus its painting; the target holds at `percentile`.
+- Painters are c servers fed by one queue with the engine's admission priorities: readers'
+  misses (LIVE) go before prepared covers (PREPARE), non-preemptively. A miss waits as in
+  M/M/c with priority (Cobham): P(wait > t) ~ ErlangC(c, all load) * exp(-c mu (1 - rho_live) t);
+  its latency is that wait plus its painting, and the target holds at `percentile`.
+- Prepared covers only need the throughput: all load stays under `max_utilisation` of c.
 - Routing by stack adds no adapter loads while every look fits: replicas x stacks per replica
   >= looks in use (printed as a check).
 """
@@ -45,6 +48,7 @@ class Scenario:
     percentile: float
     stacks_per_replica: int
     distinct_looks: int
+    max_utilisation: float = 0.9
 
     def prepared_per_day(self) -> int:
         if self.prepare == "none":
@@ -54,11 +58,14 @@ class Scenario:
     def misses_per_day(self) -> float:
         return self.reads_per_day * (1.0 - self.hit_ratio)
 
-    def peak_rate(self) -> float:
-        """Covers per second to paint at the peak: prepared (in the publish window) + misses."""
+    def peak_rates(self) -> tuple[float, float]:
+        """Covers per second at the peak: (readers' misses, prepared in the publish window)."""
         prepared = self.prepared_per_day() / (self.publish_hours * 3600.0)
         misses = self.misses_per_day() / SECONDS_PER_DAY
-        return (prepared + misses) * self.peak_factor
+        return misses * self.peak_factor, prepared * self.peak_factor
+
+    def peak_rate(self) -> float:
+        return sum(self.peak_rates())
 
 
 def erlang_c(servers: int, offered: float) -> float:
@@ -73,17 +80,18 @@ def erlang_c(servers: int, offered: float) -> float:
     return waiting / (total + waiting)
 
 
-def latency_quantile_met(servers: int, rate: float, service_s: float, target_s: float, q: float) -> bool:
-    """Whether P(wait + service <= target) >= q, service taken as fixed at `service_s`."""
-    mu = 1.0 / service_s
-    offered = rate / mu
-    if offered >= servers:
+def latency_quantile_met(servers: int, s: Scenario) -> bool:
+    """Whether a live miss meets P(wait + painting <= target) >= percentile on `servers`, and
+    all the load (misses + prepared) stays under `max_utilisation`."""
+    live, prepared = s.peak_rates()
+    mu = 1.0 / s.seconds_per_cover
+    offered = (live + prepared) / mu
+    if offered >= servers * s.max_utilisation:
         return False
-    budget = target_s - service_s
-    if budget < 0:
-        return False
-    p_wait_longer = erlang_c(servers, offered) * math.exp(-(servers * mu - rate) * budget)
-    return p_wait_longer <= 1.0 - q
+    budget = s.latency_target_s - s.seconds_per_cover
+    rho_live = live / (servers * mu)
+    p_wait_longer = erlang_c(servers, offered) * math.exp(-servers * mu * (1.0 - rho_live) * budget)
+    return p_wait_longer <= 1.0 - s.percentile
 
 
 def replicas_needed(s: Scenario) -> int:
@@ -96,7 +104,7 @@ def replicas_needed(s: Scenario) -> int:
             f"({s.seconds_per_cover} s): no number of replicas meets it; lower steps/size or raise the target"
         )
     servers = max(1, math.ceil(rate * s.seconds_per_cover))
-    while not latency_quantile_met(servers, rate, s.seconds_per_cover, s.latency_target_s, s.percentile):
+    while not latency_quantile_met(servers, s):
         servers += 1
     return servers
 
@@ -104,6 +112,7 @@ def replicas_needed(s: Scenario) -> int:
 def report(s: Scenario) -> str:
     n = replicas_needed(s)
     rate = s.peak_rate()
+    live, prepared = s.peak_rates()
     busy = rate * s.seconds_per_cover
     lines = [
         "assumptions:",
@@ -114,10 +123,12 @@ def report(s: Scenario) -> str:
         f"{s.publish_hours:g} publishing hours",
         f"  reader requests/day {s.reads_per_day:,} at hit ratio {s.hit_ratio:.3f}: "
         f"{s.misses_per_day():,.0f} misses/day painted while the reader waits",
-        f"  peak factor {s.peak_factor:g} over the average rate; one FIFO queue of painters (M/M/c)",
+        f"  peak factor {s.peak_factor:g} over the average rate; misses before prepared covers "
+        f"(engine priority), all load under {s.max_utilisation:.0%} of the painters",
         f"  latency target: {s.percentile:.0%} of misses within {s.latency_target_s:g} s (wait + painting)",
         "answer:",
-        f"  peak painting rate {rate:.2f} covers/s = {busy:.1f} replicas kept busy",
+        f"  peak painting rate {rate:.2f} covers/s ({live:.2f} misses + {prepared:.2f} prepared) = "
+        f"{busy:.1f} replicas kept busy",
         f"  painter replicas needed: {n} (one GPU each), utilisation at peak {busy / n:.0%}",
         f"  GPU-hours/day at that size: {n * 24}; painting alone needs "
         f"{(s.prepared_per_day() + s.misses_per_day()) * s.seconds_per_cover / 3600:,.0f}",
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-factor", type=float, default=2.5)
     parser.add_argument("--latency-target-s", type=float, default=5.0)
     parser.add_argument("--percentile", type=float, default=0.95)
+    parser.add_argument("--max-utilisation", type=float, default=0.9, help="of all painters, at the peak")
     parser.add_argument("--stacks-per-replica", type=int, default=10,
                         help="Serve max_num_models_per_replica (COVERGEN_MAX_RESIDENT_ADAPTERS // 3)")  # fmt: skip
     parser.add_argument("--distinct-looks", type=int, default=None,
@@ -168,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         percentile=args.percentile,
         stacks_per_replica=args.stacks_per_replica,
         distinct_looks=args.distinct_looks or args.looks_per_article * 4,
+        max_utilisation=args.max_utilisation,
     )
     print(report(scenario))
     return 0

@@ -46,7 +46,8 @@ async def measure(name: str, module: str, env: dict[str, str], n: int, log_dir: 
     await server.start(timeout_s=900)
     startup_s = time.perf_counter() - started
     requests = [
-        pb.GenerateCoverRequest(region=REGIONS[i % len(REGIONS)], title=f"overhead {name} {i}") for i in range(n)
+        pb.GenerateCoverRequest(region=REGIONS[i % len(REGIONS)], title=f"overhead {name} {i}")
+        for i in range(n)
     ]
     try:
         await _timed_calls(server.target, requests[:1])  # first call: connection set-up
@@ -76,7 +77,9 @@ async def run(n: int, steps: int) -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="covergen-ray-overhead-"))
     local = await measure("local", "covergen.cli", env, n, log_dir)
     ray = await measure("ray", "covergen.rayserve.cli", env, n, log_dir)
-    print(f"{n - 1} misses then the same {n - 1} as hits, one caller, {steps} steps at 64 px; logs in {log_dir}")
+    print(
+        f"{n - 1} misses then the same {n - 1} as hits, one caller, {steps} steps at 64 px; logs in {log_dir}"
+    )
     for result in (local, ray):
         print(f"{result['name']:>6} start-up {result['startup_s']:.1f} s, painted by {result['painters']}")
         print(_row(result, "misses"))

@@ -106,18 +106,24 @@ def test_autoscaling_bounds_match_the_gpu_worker_group(monkeypatch: pytest.Monke
 def test_ingress_is_pinned_to_the_head_and_outlives_its_drain(monkeypatch: pytest.MonkeyPatch) -> None:
     ingress = deployments()["Ingress"]
     (resource,) = ingress["ray_actor_options"]["resources"]
-    assert resource in yaml.safe_load(yaml.safe_load(cluster_spec()["headGroupSpec"]["rayStartParams"]["resources"]))
+    assert resource in yaml.safe_load(
+        yaml.safe_load(cluster_spec()["headGroupSpec"]["rayStartParams"]["resources"])
+    )
     drain = config_settings(monkeypatch).drain_grace_s
     assert all(d["graceful_shutdown_timeout_s"] > drain for d in deployments().values())
 
 
 def test_styles_and_models_come_from_the_deploy_k8s_volumes(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = config_settings(monkeypatch)
-    claims = {d["metadata"]["name"] for d in yaml.safe_load_all((DEPLOY / "k8s" / "storage.yaml").read_text()) if d}
+    claims = {
+        d["metadata"]["name"] for d in yaml.safe_load_all((DEPLOY / "k8s" / "storage.yaml").read_text()) if d
+    }
     pods = [cluster_spec()["headGroupSpec"]["template"]["spec"]]
     pods += [g["template"]["spec"] for g in cluster_spec()["workerGroupSpecs"]]
     for pod in pods:
-        used = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        used = {
+            v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        }
         assert used <= claims and len(used) == 2
         mounts = {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
         assert str(settings.styles_dir) in mounts

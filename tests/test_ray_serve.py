@@ -63,8 +63,8 @@ def _broken_overlay(styles: Path) -> None:
     (card / "adapter.safetensors").write_bytes(b"not a safetensors file")
     (card / "style.yaml").write_text(
         "name: broken\ndisplay_name: broken overlay\nkind: overlay\nadapter: adapter.safetensors\n"
-        "default_weight: 0.5\naliases: [broken]\nprompt:\n  subject: \"{subject}\"\n  scene: \"street\"\n"
-        "  style: \"flat colours\"\n  details: \"plain\"\n",
+        'default_weight: 0.5\naliases: [broken]\nprompt:\n  subject: "{subject}"\n  scene: "street"\n'
+        '  style: "flat colours"\n  details: "plain"\n',
         encoding="utf-8",
     )
 
@@ -75,7 +75,9 @@ def _wait_until_serving(serving: RayServing) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if serving.process.poll() is not None:
-            pytest.fail(f"covergen-ray exited with {serving.process.returncode}:\n{serving.log_path.read_text()}")
+            pytest.fail(
+                f"covergen-ray exited with {serving.process.returncode}:\n{serving.log_path.read_text()}"
+            )
         try:  # each try blocks until the port accepts, or 10 s
             reply = health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=10)
         except grpc.RpcError as exc:
@@ -84,7 +86,9 @@ def _wait_until_serving(serving: RayServing) -> None:
             continue
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         return
-    pytest.fail(f"covergen-ray did not serve within {START_TIMEOUT_S} s:\n{serving.log_path.read_text()[-4000:]}")
+    pytest.fail(
+        f"covergen-ray did not serve within {START_TIMEOUT_S} s:\n{serving.log_path.read_text()[-4000:]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +154,9 @@ def cluster(ray_serving: RayServing):  # noqa: ANN201
     return ray
 
 
-def _cover(stub: pb_grpc.CoverServiceStub, region: str, title: str, **fields: object) -> pb.GenerateCoverResponse:
+def _cover(
+    stub: pb_grpc.CoverServiceStub, region: str, title: str, **fields: object
+) -> pb.GenerateCoverResponse:
     return stub.GenerateCover(pb.GenerateCoverRequest(region=region, title=title, **fields), timeout=240)
 
 
@@ -248,7 +254,9 @@ async def test_an_adapter_that_cannot_load_answers_like_the_single_process_serve
     from covergen.requests import CoverRequest
     from covergen.server import _count_tokens, load_styles
 
-    library, resolver, prompts = load_styles(ray_serving.styles_dir, _count_tokens(service.base.pipeline.tokenizer))
+    library, resolver, prompts = load_styles(
+        ray_serving.styles_dir, _count_tokens(service.base.pipeline.tokenizer)
+    )
     local = CoverMaker(
         library=library,
         resolver=resolver,
@@ -286,7 +294,9 @@ def test_a_painter_killed_mid_request_loses_no_request(ray_serving: RayServing, 
     assert reply.served_by != painting.replica, "the retry must run on another replica"
     after = _counters(cluster)
     assert after["retried"] == before["retried"] + 1
-    assert not psutil.pid_exists(painting.pid) or psutil.Process(painting.pid).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(painting.pid) or psutil.Process(painting.pid).status() == psutil.STATUS_ZOMBIE
+    )
 
 
 def test_sigterm_stops_every_process_it_started(ray_serving: RayServing, cluster) -> None:  # noqa: ANN001

@@ -87,7 +87,11 @@ def run(settings: Settings, num_cpus: int, temp_dir: Path, stop: threading.Event
             app = ingress_deployment(settings).bind(painter_deployment(settings).bind(overrides), overrides)
             ingress = serve.run(app, name=APP_NAME, route_prefix=None)
             port = ingress.port.remote().result()
-            ready = {"grpc_port": port, "gcs_address": ray.get_runtime_context().gcs_address, "pid": os.getpid()}
+            ready = {
+                "grpc_port": port,
+                "gcs_address": ray.get_runtime_context().gcs_address,
+                "pid": os.getpid(),
+            }
             (temp_dir / READY_FILE).write_text(json.dumps(ready), encoding="utf-8")
             log.info(
                 "covergen on Ray Serve: gRPC on :%d, %d painter replicas; ready in %.1f s (Ray cluster %.1f s); "
