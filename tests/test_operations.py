@@ -61,15 +61,15 @@ async def test_request_log_has_fields(stub, caplog: pytest.LogCaptureFixture) ->
 async def test_titles_can_be_kept_out_of_logs(
     service, caplog: pytest.LogCaptureFixture, log_titles: bool
 ) -> None:
-    from covergen.service import _Calls
+    from covergen.rpc import CallEdge
 
-    calls = _Calls(service.metrics, service.state, log_titles=log_titles)
+    calls = CallEdge(service.metrics, service.state, log_titles=log_titles)
 
     async def body() -> str:
         return "done"
 
     with caplog.at_level(logging.INFO, logger="covergen.requests"):
-        await calls.run("GenerateCover", None, body, {"region": "杭州", "title": "内部标题"})  # type: ignore[arg-type]
+        await calls.call("GenerateCover", body, {"region": "杭州", "title": "内部标题"})
     record = next(r for r in caplog.records if getattr(r, "region", None) == "杭州")
     assert hasattr(record, "title") is log_titles
     assert ("内部标题" in JsonFormatter().format(record)) is log_titles

@@ -1,4 +1,4 @@
-"""The covergen exception tree, and its one mapping onto gRPC status codes.
+"""The covergen exception tree. Domain errors know nothing of any transport.
 
     CovergenError                 base; never raised directly
     ├── InvalidRequest            the caller sent a bad value      -> INVALID_ARGUMENT
@@ -12,81 +12,53 @@
     ├── PermissionDenied          admin RPCs are switched off      -> PERMISSION_DENIED
     └── ConfigError               bad settings or style files at start-up (never sent to clients)
 
-Anything else that escapes a handler is a bug and becomes INTERNAL. Every message should say
-what was wrong and which value or flag fixes it.
+The status codes on the right are what the RPC edge sends; the one table that maps them is
+`covergen.rpc.status.STATUS_BY_ERROR`. Anything else that escapes a handler is a bug and becomes
+INTERNAL. Every message should say what was wrong and which value or flag fixes it.
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class CovergenError(Exception):
     """Base class of every error covergen raises on purpose."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-
 
 class InvalidRequest(CovergenError):
     """A request field is out of range or malformed; the message names the field."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class StyleNotFound(CovergenError):
     """A style or adapter name that the library does not hold."""
 
-    code = grpc.StatusCode.NOT_FOUND
-
 
 class AdapterRejected(CovergenError):
     """An adapter file is corrupt, truncated, not safetensors, or does not fit the base model."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Overloaded(CovergenError):
     """The admission queue is full, or the device ran out of memory for this request."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
 
 class Draining(CovergenError):
     """The server is shutting down and takes no new work."""
-
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 class DeadlineExceeded(CovergenError):
     """The client's deadline passed before the cover was finished."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
 
 class Cancelled(CovergenError):
     """The client cancelled the call."""
-
-    code = grpc.StatusCode.CANCELLED
 
 
 class Unauthenticated(CovergenError):
     """An admin RPC arrived without the configured bearer token."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
-
 
 class PermissionDenied(CovergenError):
     """Admin RPCs are disabled because no admin token is configured."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
-
 
 class ConfigError(CovergenError):
     """Settings, style cards or the regions table are invalid; raised at start-up."""
-
-
-def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The gRPC status code for an exception: ours map by class, anything else is INTERNAL."""
-    if isinstance(exc, CovergenError):
-        return exc.code
-    return grpc.StatusCode.INTERNAL

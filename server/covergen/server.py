@@ -41,14 +41,14 @@ from covergen.prompts import PromptBuilder
 from covergen.redis_server import EmbeddedRedis
 from covergen.regions import RegionResolver
 from covergen.requests import Limits
-from covergen.service import AdminServicer, CoverServicer, ServingState, _Calls
+from covergen.rpc import CallEdge, ServingState
+from covergen.service import SERVICE_NAMES, AdminServicer, CoverServicer
 from covergen.settings import Settings
 from covergen.styles import StyleLibrary
 from covergen.v1 import cover_pb2 as pb
 from covergen.v1 import cover_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-SERVICE_NAMES = ("covergen.v1.CoverService", "covergen.v1.AdminService")
 
 
 class _MetricsObserver(EngineObserver, RegistryObserver):
@@ -328,7 +328,7 @@ async def build_front(
     ]
     server = grpc.aio.server(options=options)
     state = ServingState()
-    calls = _Calls(metrics, state, settings.log_titles)
+    calls = CallEdge(metrics, state, settings.log_titles)
     pb_grpc.add_CoverServiceServicer_to_server(CoverServicer(maker, calls, feed), server)
     reload_styles: StyleLoader = lambda: load_styles(settings.styles_dir, count_tokens, translator)  # noqa: E731
     if painting is not None:

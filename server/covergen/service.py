@@ -1,46 +1,32 @@
 """Thin gRPC servicers: copy the request into domain types, call one object, build the reply.
 
-Errors are mapped to status codes in one place (`covergen.errors.status_for`) by `_rpc`, which
-also counts the call, logs it and refuses new work while the server drains.
+Every call runs through `covergen.rpc.CallEdge`, which maps domain errors to status codes (one
+table, `covergen.rpc.status`), counts and logs the call and refuses new work while the server
+drains. The service names come from the proto descriptors.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
-import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
-from covergen.adapters.files import file_version
+from covergen.catalogue import list_styles
 from covergen.covers import Cover, CoverMaker
-from covergen.errors import (
-    AdapterRejected,
-    Cancelled,
-    ConfigError,
-    CovergenError,
-    DeadlineExceeded,
-    Draining,
-    InvalidRequest,
-    PermissionDenied,
-    Unauthenticated,
-    status_for,
-)
+from covergen.errors import AdapterRejected, ConfigError, InvalidRequest, PermissionDenied, Unauthenticated
 from covergen.feed.budget import FeedRequest
 from covergen.feed.parts import FeedParts
 from covergen.feed.prepare import PrepareRequest
-from covergen.metrics import Metrics
 from covergen.requests import CoverRequest
+from covergen.rpc import CallEdge
 from covergen.v1 import cover_pb2 as pb
 from covergen.v1 import cover_pb2_grpc as pb_grpc
 
-log = logging.getLogger("covergen.requests")
-T = TypeVar("T")
+COVER_SERVICE = pb.DESCRIPTOR.services_by_name["CoverService"].full_name
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+SERVICE_NAMES = (COVER_SERVICE, ADMIN_SERVICE)
 
 _FORMATS = {
     pb.IMAGE_FORMAT_UNSPECIFIED: "png",
@@ -48,108 +34,6 @@ _FORMATS = {
     pb.IMAGE_FORMAT_JPEG: "jpeg",
     pb.IMAGE_FORMAT_WEBP: "webp",
 }
-
-
-@dataclass
-class ServingState:
-    """Shared by servicers and the composition root: set `draining` to refuse new work, then
-    `wait_idle` until the calls already admitted have finished."""
-
-    draining: bool = False
-    inflight: int = 0
-    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    def __post_init__(self) -> None:
-        self._idle.set()
-
-    @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
-        """Count one call as in flight for the duration of the block."""
-        self.inflight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self.inflight -= 1
-            if self.inflight == 0:
-                self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for no admitted call to be in flight; True when idle."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-
-class _Calls:
-    """Error mapping, metrics and logs shared by both servicers."""
-
-    def __init__(self, metrics: Metrics, state: ServingState, log_titles: bool) -> None:
-        self.metrics = metrics
-        self.state = state
-        self.log_titles = log_titles
-
-    async def run(
-        self,
-        rpc: str,
-        context: grpc.aio.ServicerContext,
-        body: Callable[[], Awaitable[T]],
-        fields: dict[str, Any],
-        style_of: Callable[[T], str] = lambda _r: "",
-    ) -> T:
-        started = time.perf_counter()
-        style = ""
-
-        def record(code: grpc.StatusCode) -> None:
-            # recorded before the status goes out, so a client that reads /metrics right after
-            # its call returns sees the call counted
-            seconds = time.perf_counter() - started
-            self.metrics.observe_request(rpc, code.name, style, seconds)
-            logged = fields if self.log_titles else {k: v for k, v in fields.items() if k != "title"}
-            log.info(
-                "%s %s",
-                rpc,
-                code.name,
-                extra={
-                    "rpc": rpc,
-                    "code": code.name,
-                    "style": style,
-                    "ms": round(seconds * 1000, 2),
-                    **logged,
-                },
-            )
-
-        with self.metrics.track_inflight():
-            try:
-                if self.state.draining:
-                    raise Draining("the server is draining for shutdown; retry on another replica")
-                with self.state.admitted():
-                    result = await body()
-            except asyncio.CancelledError:
-                self.metrics.count_cancelled("cancelled")
-                record(grpc.StatusCode.CANCELLED)
-                raise
-            except CovergenError as exc:
-                code = status_for(exc)
-                if isinstance(exc, DeadlineExceeded):
-                    self.metrics.count_cancelled("deadline")
-                elif isinstance(exc, Cancelled):
-                    self.metrics.count_cancelled("cancelled")
-                record(code)
-                await context.abort(code, str(exc))
-                raise  # abort raises; this keeps type checkers satisfied
-            except Exception:
-                log.exception("%s failed with an unexpected error", rpc)
-                record(grpc.StatusCode.INTERNAL)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error in {rpc}; the server logs have the traceback"
-                )
-                raise
-            style = style_of(result)
-            record(grpc.StatusCode.OK)
-            return result
 
 
 _ARMS: dict[int, str | None] = {pb.ARM_UNSPECIFIED: None, pb.ARM_REGIONAL: "regional", pb.ARM_GENERIC: "generic"}
@@ -165,7 +49,7 @@ def _arm_of(value: int) -> str | None:
 
 
 class CoverServicer(pb_grpc.CoverServiceServicer):
-    def __init__(self, maker: CoverMaker, calls: _Calls, feed: FeedParts) -> None:
+    def __init__(self, maker: CoverMaker, calls: CallEdge, feed: FeedParts) -> None:
         self.maker = maker
         self.calls = calls
         self.feed = feed
@@ -213,29 +97,24 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
         self, request: pb.ListStylesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListStylesResponse:
         async def body() -> pb.ListStylesResponse:
-            maker = self.maker
-            registry = maker.registry  # None behind Ray Serve: nothing is resident in the ingress
-            names = registry.resident_names() if registry is not None else []
-            resident = {w: registry.get_resident(w) for w in names} if registry is not None else {}
-            styles = []
-            for card in sorted(maker.library, key=lambda c: c.name):
-                weights = resident.get(card.name)
-                path = maker.library.adapter_path(card)
-                version = weights.version if weights else (file_version(path) if path else "")
-                styles.append(
+            # registry is None behind Ray Serve: nothing is resident in the ingress
+            entries = await list_styles(self.maker.library, self.maker.registry, self.feed.health.reason)
+            return pb.ListStylesResponse(
+                styles=[
                     pb.Style(
-                        name=card.name,
-                        display_name=card.display_name,
-                        kind=card.kind,
-                        default_weight=card.default_weight,
-                        version=version,
-                        aliases=list(card.aliases),
-                        resident=weights is not None,
-                        usable=(reason := self.feed.health.reason(card.name)) is None,
-                        unusable_reason=reason or "",
+                        name=e.name,
+                        display_name=e.display_name,
+                        kind=e.kind,
+                        default_weight=e.default_weight,
+                        version=e.version,
+                        aliases=list(e.aliases),
+                        resident=e.resident,
+                        usable=e.unusable_reason is None,
+                        unusable_reason=e.unusable_reason or "",
                     )
-                )
-            return pb.ListStylesResponse(styles=styles)
+                    for e in entries
+                ]
+            )
 
         return await self.calls.run("ListStyles", context, body, {})
 
@@ -318,7 +197,7 @@ def _cover_response(cover: Cover) -> pb.GenerateCoverResponse:
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """Style administration; every call checks the bearer token first."""
 
-    def __init__(self, admin: Any, calls: _Calls, token: str | None) -> None:
+    def __init__(self, admin: Any, calls: CallEdge, token: str | None) -> None:
         self.admin = admin  # covergen.admin.StyleAdmin
         self.calls = calls
         self.token = token
