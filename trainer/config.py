@@ -229,9 +229,16 @@ class TrainConfig(BaseModel):
         return json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True)
 
 
-def _resolve_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+_PATH_KEYS = ("train_data_dir", "metadata_path", "output_dir", "init_lora", "resume", "base_model")
+
+
+def _resolve_paths(raw: dict[str, Any], folder: Path, source: str) -> dict[str, Any]:
     """Make relative path values absolute against the YAML file's folder."""
     out = dict(raw)
+    for key in _PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and "\x00" in value:
+            raise ConfigError(f"{source}: {key} contains a NUL character; write a plain path")
     for key in ("train_data_dir", "metadata_path", "output_dir", "init_lora"):
         value = out.get(key)
         if isinstance(value, str) and value:
@@ -266,7 +273,7 @@ def _describe(error: ValidationError, source: str) -> str:
 def config_from_mapping(raw: dict[str, Any], *, folder: Path, source: str) -> TrainConfig:
     """Validate a mapping (as read from YAML); relative paths resolve against `folder`."""
     try:
-        config = TrainConfig.model_validate(_resolve_paths(raw, folder))
+        config = TrainConfig.model_validate(_resolve_paths(raw, folder, source))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
     if config.metadata_path is None and (config.train_data_dir / "metadata.csv").exists():
