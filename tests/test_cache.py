@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis_fixture import running_redis
+from waiting import eventually, wait_for_event
 
 from covergen.cache import CachedCover, CacheOutcome, ResultCache, cache_key
 from covergen.errors import ConfigError
@@ -108,17 +109,20 @@ async def cache(
 
 
 class CountingGenerator:
-    """generate() for get_or_generate: counts calls, optionally waits for a release event."""
+    """generate() for get_or_generate: counts calls, sets `started` when called, optionally
+    waits for a release event."""
 
     def __init__(self, image: bytes = b"image-bytes", error: Exception | None = None) -> None:
         self.calls = 0
         self.image = image
         self.error = error
+        self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.release.set()
 
     async def __call__(self) -> CachedCover:
         self.calls += 1
+        self.started.set()
         await self.release.wait()
         if self.error is not None:
             raise self.error
@@ -155,7 +159,8 @@ async def test_concurrent_identical_calls_generate_once(cache: ResultCache, metr
     generate.release.clear()
     calls = [cache.get_or_generate(cache_key(KEY_PARTS), generate) for _ in range(20)]
     pending = asyncio.gather(*calls)
-    await asyncio.sleep(0.05)
+    # every caller joins the flight on its first step, before the flight's own first step runs
+    await wait_for_event(generate.started, "the generation started")
     generate.release.set()
     results = await pending
     assert generate.calls == 1
@@ -178,7 +183,13 @@ async def test_two_replicas_generate_once_through_the_redis_lock(
         pending = asyncio.gather(
             replica_a.get_or_generate(key, generate), replica_b.get_or_generate(key, generate)
         )
-        await asyncio.sleep(0.3)  # longer than the 0.1 s socket timeout the waiter reads with
+        await wait_for_event(generate.started, "one replica started generating")
+        await eventually(
+            lambda: _subscribers(raw, f"done:{key}"), "the other replica subscribed to the done channel"
+        )
+        # Hold the generation past the 0.1 s socket timeout the waiter reads with: a minimum
+        # hold that the waiter must survive, not a wait for anything (slower only holds longer).
+        await asyncio.sleep(0.3)
         generate.release.set()
         (cover_a, outcome_a), (cover_b, outcome_b) = await pending
     finally:
@@ -196,13 +207,17 @@ async def test_waiting_replica_takes_over_when_the_lock_holder_dies(
     key = cache_key(KEY_PARTS)
     # A replica took the lock and died: the lock expires and no value ever appears.
     await raw.set(f"lock:{key}", "dead-replica", px=300)
-    generate = CountingGenerator()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    lock_while_generating: list[bytes | None] = []
+
+    async def generate() -> CachedCover:
+        lock_while_generating.append(await raw.get(f"lock:{key}"))
+        return CachedCover(image=b"image-bytes")
+
     cover, outcome = await cache.get_or_generate(key, generate)
     assert outcome is CacheOutcome.MISS
-    assert generate.calls == 1
-    assert loop.time() - started >= 0.25
+    # It generated once, holding a lock of its own: taken only after the dead one expired.
+    assert len(lock_while_generating) == 1
+    assert lock_while_generating[0] not in (None, b"dead-replica")
     stored = await raw.get(key)
     assert isinstance(stored, bytes)
     assert CachedCover.decode(stored) == cover
@@ -213,7 +228,7 @@ async def test_release_never_deletes_another_replicas_lock(cache: ResultCache, r
     generate = CountingGenerator()
     generate.release.clear()
     pending = asyncio.ensure_future(cache.get_or_generate(key, generate))
-    await asyncio.sleep(0.05)
+    await wait_for_event(generate.started, "the generation started")  # after taking the lock
     ours = await raw.get(f"lock:{key}")
     assert ours is not None
     # Our lock "expires" and another replica takes it over before we finish.
@@ -231,7 +246,7 @@ async def test_generate_error_reaches_every_waiter_and_releases_the_lock(
     failing = CountingGenerator(error=RuntimeError("out of memory on cuda:0"))
     failing.release.clear()
     pending = asyncio.gather(*[cache.get_or_generate(key, failing) for _ in range(5)], return_exceptions=True)
-    await asyncio.sleep(0.05)
+    await wait_for_event(failing.started, "the generation started")
     failing.release.set()
     results = await pending
     assert failing.calls == 1
@@ -249,16 +264,15 @@ async def test_cancelling_every_caller_cancels_the_generation_and_frees_the_lock
     generate = CountingGenerator()
     generate.release.clear()
     callers = [asyncio.ensure_future(cache.get_or_generate(key, generate)) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    await wait_for_event(generate.started, "the generation started")
     callers[0].cancel()
-    await asyncio.sleep(0.01)
+    await asyncio.wait([callers[0]])  # the first caller has left
     assert await raw.exists(f"lock:{key}") == 1  # two callers still wait
     for caller in callers[1:]:
         caller.cancel()
     results = await asyncio.gather(*callers, return_exceptions=True)
     assert all(isinstance(result, asyncio.CancelledError) for result in results)
-    await asyncio.sleep(0.05)
-    assert await raw.exists(f"lock:{key}") == 0
+    await eventually(lambda: _lock_gone(raw, key), "the cancelled flight released its lock")
     assert generate.calls == 1
 
 
@@ -267,8 +281,9 @@ async def test_outage_bypasses_logs_once_and_recovers_on_the_same_port(
 ) -> None:
     metrics = Metrics()
     key = cache_key(KEY_PARTS)
+    now = [0.0]  # the breaker's clock, advanced by hand: no call's speed can outrun a cool-down
     with running_redis() as server:
-        cache = ResultCache(server.url, metrics, breaker_cooldown_s=0.2)
+        cache = ResultCache(server.url, metrics, breaker_cooldown_s=1.0, clock=lambda: now[0])
         try:
             assert await cache.ping()
             generate = CountingGenerator()
@@ -281,13 +296,13 @@ async def test_outage_bypasses_logs_once_and_recovers_on_the_same_port(
                 assert generate.calls == 6
                 # Only the first call reached Redis; the breaker skipped it for the other four.
                 assert metrics.registry.get_sample_value("covergen_cache_errors_total") == 1
-                await asyncio.sleep(0.25)  # past the breaker cool-down: Redis is tried again
+                now[0] += 1.0  # the cool-down has passed: Redis is tried again
                 assert (await cache.get_or_generate(key, generate))[1] is CacheOutcome.BYPASS
                 assert metrics.registry.get_sample_value("covergen_cache_errors_total") == 2
                 assert not await cache.ping()
 
                 server.start()
-                await asyncio.sleep(0.25)
+                now[0] += 1.0  # past the cool-down the failed ping started
                 _, after_restart = await cache.get_or_generate(key, generate)
                 _, then = await cache.get_or_generate(key, generate)
         finally:
@@ -300,3 +315,12 @@ async def test_outage_bypasses_logs_once_and_recovers_on_the_same_port(
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert len(recoveries) == 1
     assert cache_count(metrics, "bypass") == 6
+
+
+async def _subscribers(raw: aioredis.Redis, channel: str) -> bool:
+    [(_, count)] = await raw.pubsub_numsub(channel)
+    return bool(count)
+
+
+async def _lock_gone(raw: aioredis.Redis, key: str) -> bool:
+    return await raw.exists(f"lock:{key}") == 0

@@ -117,19 +117,22 @@ class _RedisUnavailable(Exception):
 class _OutageBreaker:
     """Skips Redis for a cool-down after a failure; logs outage start and end once each."""
 
-    def __init__(self, where: str, cooldown_s: float, metrics: Metrics) -> None:
+    def __init__(
+        self, where: str, cooldown_s: float, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._where = where
         self._cooldown_s = cooldown_s
         self._metrics = metrics
+        self._clock = clock
         self._retry_at = 0.0
         self._down = False
 
     def allows_call(self) -> bool:
-        return time.monotonic() >= self._retry_at
+        return self._clock() >= self._retry_at
 
     def record_failure(self, exc: BaseException) -> None:
         self._metrics.count_cache_error()
-        self._retry_at = time.monotonic() + self._cooldown_s
+        self._retry_at = self._clock() + self._cooldown_s
         if not self._down:
             self._down = True
             log.warning(
@@ -187,6 +190,7 @@ class ResultCache:
         wait_timeout_s: the longest a replica waits for another's generation before doing it.
         socket_timeout_s, connect_timeout_s: per Redis call; keep them short, Redis is local.
         breaker_cooldown_s: after a Redis failure, skip Redis this long before trying again.
+        clock: the breaker's clock in seconds (time.monotonic; tests pass one they advance).
     """
 
     def __init__(
@@ -200,6 +204,7 @@ class ResultCache:
         socket_timeout_s: float = 0.1,
         connect_timeout_s: float = 0.1,
         breaker_cooldown_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, value in (("ttl_s", ttl_s), ("lock_ttl_s", lock_ttl_s),
                             ("wait_timeout_s", wait_timeout_s),
@@ -222,7 +227,7 @@ class ResultCache:
             retry=Retry(NoBackoff(), 1),
         )
         self._release_script = self._redis.register_script(_RELEASE_AND_NOTIFY)
-        self._breaker = _OutageBreaker(_redacted(redis_url), breaker_cooldown_s, metrics)
+        self._breaker = _OutageBreaker(_redacted(redis_url), breaker_cooldown_s, metrics, clock)
         self._flights: dict[str, _Flight] = {}
 
     async def get_or_generate(
