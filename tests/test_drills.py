@@ -22,15 +22,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from waiting import GENEROUS_S, eventually
 
 from covergen.v1 import cover_pb2 as pb
 from covergen.v1 import cover_pb2_grpc as pb_grpc
@@ -48,6 +49,22 @@ def free_port() -> int:
 
 def request(title: str, region: str = "杭州", **fields: object) -> pb.GenerateCoverRequest:
     return pb.GenerateCoverRequest(region=region, title=title, **fields)
+
+
+@contextmanager
+def unet_steps(service: object) -> Iterator[list[int]]:
+    """Count the UNet forwards (one per denoising step of a batch) the service runs in the block:
+    claims about work done or skipped, instead of wall time."""
+    count = [0]
+
+    def counted(*_: object) -> None:
+        count[0] += 1  # on the engine thread; an int store is atomic under the GIL
+
+    handle = service.engine.denoiser.pipeline.unet.register_forward_hook(counted)  # type: ignore[attr-defined]
+    try:
+        yield count
+    finally:
+        handle.remove()
 
 
 async def outcome(call: object) -> str:
@@ -143,14 +160,13 @@ async def test_redis_killed_under_load_fails_nothing_and_caching_resumes(
     port = drill_redis.port
     await asyncio.to_thread(drill_redis.start)  # empty, on the same port
     assert drill_redis.port == port
-    hit = False
-    for _ in range(10):  # the breaker skips Redis for 1 s after the last failure, then retries
+
+    async def repeated_request_hits() -> bool:
+        # the breaker skips Redis for 1 s after the last failure; then one miss stores the cover
         reply = await covers.GenerateCover(request("redis drill after restart"), timeout=60)
-        if reply.cache_hit:
-            hit = True
-            break
-        await asyncio.sleep(0.3)
-    assert hit, "a repeated request must hit the cache once Redis is back"
+        return reply.cache_hit
+
+    await eventually(repeated_request_hits, "a repeated request hit the cache once Redis was back")
 
 
 # --- bad adapters on reload -----------------------------------------------------------------------
@@ -274,12 +290,15 @@ async def test_styles_reloaded_under_load_fail_no_request(
 # --- callers that leave ---------------------------------------------------------------------------
 
 
+STORM_STEPS = 12
+
+
 async def _storm(covers: pb_grpc.CoverServiceStub, tag: str, size: int = 40) -> list[str]:
     """`size` calls: half with deadlines of 1-60 ms, half cancelled by the client after 0-60 ms."""
     rng = random.Random(tag)
     calls = []
     for i in range(size):
-        req = request(f"storm {tag} {i}", REGIONS[i % len(REGIONS)], steps=12)
+        req = request(f"storm {tag} {i}", REGIONS[i % len(REGIONS)], steps=STORM_STEPS)
         if i % 2:
             calls.append(covers.GenerateCover(req, timeout=rng.uniform(0.001, 0.06)))
         else:
@@ -305,8 +324,8 @@ async def test_cancellation_storm_leaks_nothing(
         assert set(codes) <= {"OK", "DEADLINE_EXCEEDED", "CANCELLED"}, codes
         assert codes.count("OK") < len(codes) // 2, "the storm must actually cut calls short"
 
-        started = time.perf_counter()
-        reply = await covers.GenerateCover(request("after the storm", steps=2), timeout=30)
+        with unet_steps(drill_service) as steps:
+            reply = await covers.GenerateCover(request("after the storm", steps=2), timeout=60)
         gc.collect()
     # FIFO: a generation for an abandoned call would have run (and been cached) before this one.
     new_keys = await asyncio.to_thread(stored.dbsize) - keys
@@ -314,10 +333,10 @@ async def test_cancellation_storm_leaks_nothing(
     stored.close()
     assert not locks, "cancelled calls left generation locks behind"
     assert new_keys == codes.count("OK") + 1, "covers were generated for callers that had gone"
-    # Stopped between steps, at most the batch in progress when the calls went away finishes
-    # its current step; one abandoned 12-step job alone takes seconds here.
-    assert time.perf_counter() - started < 10.0
-    assert reply.timings.queue_ms < 2000.0, "abandoned jobs must not hold up the queue"
+    # Abandoned jobs stop between steps: before this call's 2 steps the engine may finish the
+    # step in progress (or a few, while cancellations reach the server), never a whole 12-step job.
+    assert reply.image
+    assert steps[0] < STORM_STEPS + 2, f"{steps[0]} UNet steps ran for a 2-step call after the storm"
     assert drill_service.engine.depth == 0  # FIFO: every storm job was taken or dropped before this one
     assert threading.active_count() <= threads + 2, "threads leaked"
     assert len(asyncio.all_tasks()) <= tasks + 4, "tasks leaked"
@@ -338,6 +357,7 @@ async def test_cancelled_cache_flights_neither_generate_nor_leave_locks(drill_re
 
     async def attempt(i: int) -> None:
         caller_gone = False
+        key = f"covergen:drill:cancel:{i}"
 
         async def generate() -> CachedCover:
             if caller_gone:  # the flight was cancelled before it got here
@@ -345,14 +365,16 @@ async def test_cancelled_cache_flights_neither_generate_nor_leave_locks(drill_re
             await asyncio.sleep(10)
             return CachedCover(b"cover")
 
-        caller = asyncio.create_task(cache.get_or_generate(f"covergen:drill:cancel:{i}", generate))
+        caller = asyncio.create_task(cache.get_or_generate(key, generate))
         for _ in range(i % 40):  # cancel at every point of the Redis round trips
             await asyncio.sleep(0)
+        flights = [t for t in asyncio.all_tasks() if t.get_name() == f"cover-flight {key}"]
         caller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await caller
         caller_gone = True  # the caller's exit has cancelled the flight by now
-        await asyncio.sleep(0.005)  # room for an orphaned flight to go on and generate
+        if flights:  # the flight runs to its end: cancelled, or (the bug) on into generate()
+            await asyncio.wait(flights, timeout=GENEROUS_S)
 
     try:
         for i in range(320):
@@ -365,16 +387,19 @@ async def test_cancelled_cache_flights_neither_generate_nor_leave_locks(drill_re
     assert not locks, f"{len(locks)} generation locks were left behind by cancelled flights"
 
 
-async def test_deadline_mid_generation_stops_the_job_between_steps(covers: pb_grpc.CoverServiceStub) -> None:
+async def test_deadline_mid_generation_stops_the_job_between_steps(
+    drill_service, covers: pb_grpc.CoverServiceStub
+) -> None:
     long = request("deadline drill: a hundred steps", steps=100, width=256, height=256)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await covers.GenerateCover(long, timeout=1.5)  # the whole job takes ~10 s or more here
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    started = time.perf_counter()
-    reply = await covers.GenerateCover(request("deadline drill: next", steps=2), timeout=30)
-    # The full job takes 100 steps (10 s or more here); a stopped one at most finishes a step.
-    assert reply.timings.queue_ms < 3000.0, f"next request waited {reply.timings.queue_ms:.0f} ms in the queue"
-    assert time.perf_counter() - started < 5.0
+    with unet_steps(drill_service) as steps:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await covers.GenerateCover(long, timeout=1.5)  # the whole job takes ~10 s or more here
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        reply = await covers.GenerateCover(request("deadline drill: next", steps=2), timeout=60)
+    # The long job stopped between steps when its deadline passed, short of its 100 steps (on a
+    # slow machine it may not have started at all); the next call ran its own 2.
+    assert reply.image
+    assert steps[0] < 100 + 2, f"the expired job ran to the end ({steps[0]} UNet steps)"
 
 
 async def test_out_of_memory_fails_one_request_and_the_next_succeeds(
@@ -449,15 +474,17 @@ async def test_full_queue_refuses_at_once_and_serves_the_rest(styles_dir: Path, 
             stub = pb_grpc.CoverServiceStub(channel)
             await stub.GenerateCover(request("connect"), timeout=60)
 
-            async def timed(i: int) -> tuple[str, float, str]:
-                started = time.perf_counter()
+            async def counted(i: int, steps: list[int]) -> tuple[str, int, str]:
+                """The call's status, the UNet steps the engine ran while it was out, its details."""
+                before = steps[0]
                 try:
                     await stub.GenerateCover(request(f"flood {i}", steps=12), timeout=120)
                 except grpc.aio.AioRpcError as exc:
-                    return exc.code().name, time.perf_counter() - started, exc.details() or ""
-                return "OK", time.perf_counter() - started, ""
+                    return exc.code().name, steps[0] - before, exc.details() or ""
+                return "OK", steps[0] - before, ""
 
-            results = await asyncio.gather(*(timed(i) for i in range(12)))
+            with unet_steps(service) as steps:
+                results = await asyncio.gather(*(counted(i, steps) for i in range(12)))
     finally:
         await service.stop(1.0)
     refused = [r for r in results if r[0] == "RESOURCE_EXHAUSTED"]
@@ -465,7 +492,9 @@ async def test_full_queue_refuses_at_once_and_serves_the_rest(styles_dir: Path, 
     assert len(refused) + len(served) == 12, [r[0] for r in results]
     assert refused and served
     assert all("queue is full" in r[2] and "COVERGEN_MAX_QUEUE" in r[2] for r in refused)
-    assert max(r[1] for r in refused) < max(r[1] for r in served), "refusals must not wait for a generation"
+    # one generation is 12 steps: a refusal comes back before the engine has run one
+    assert max(r[1] for r in refused) < 12, "refusals must not wait for a generation"
+    assert max(r[1] for r in served) >= 12
 
 
 # --- SIGTERM --------------------------------------------------------------------------------------
@@ -479,17 +508,20 @@ def _inflight(metrics_port: int) -> float:
     return 0.0
 
 
-async def _wait_for_inflight(metrics_port: int, count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while await asyncio.to_thread(_inflight, metrics_port) < count:
-        assert time.monotonic() < deadline, f"{count} calls never reached the server"
-        await asyncio.sleep(0.05)
+async def _wait_for_inflight(metrics_port: int, count: int) -> None:
+    """The child server's own in-flight gauge, read until `count` calls are being handled."""
+
+    async def reached() -> bool:
+        return await asyncio.to_thread(_inflight, metrics_port) >= count
+
+    await eventually(reached, f"{count} calls reached the server")
 
 
 async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
     styles_dir: Path, redis_server, model_cache_dir: Path, tmp_path: Path
 ) -> None:
-    port, metrics_port, grace = free_port(), free_port(), 10.0
+    # a drain ends when its calls finish: a generous grace costs nothing and holds under load
+    port, metrics_port, grace = free_port(), free_port(), GENEROUS_S
     env = {
         **os.environ, "HF_HUB_OFFLINE": "1", "COVERGEN_HOST": "127.0.0.1", "COVERGEN_GRPC_PORT": str(port),
         "COVERGEN_METRICS_PORT": str(metrics_port), "COVERGEN_REDIS_URL": redis_server.url,
@@ -509,27 +541,26 @@ async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
                 pass
             stub = pb_grpc.CoverServiceStub(channel)
             in_flight = [
-                asyncio.ensure_future(stub.GenerateCover(request(f"sigterm {i}", steps=12, width=128, height=128), timeout=60))
+                asyncio.ensure_future(stub.GenerateCover(request(f"sigterm {i}", steps=12, width=128, height=128), timeout=2 * GENEROUS_S))
                 for i in range(3)
             ]
-            await _wait_for_inflight(metrics_port, 3, timeout_s=30)
-            signalled = time.monotonic()
+            await _wait_for_inflight(metrics_port, 3)
             server.send_signal(signal.SIGTERM)
             while (await watch.read()).status != health_pb2.HealthCheckResponse.NOT_SERVING:
                 pass  # the drain has begun
             watch.cancel()
             assert not any(call.done() for call in in_flight), "the calls must still be running in the drain"
 
-            status = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            status = await health.Check(health_pb2.HealthCheckRequest(), timeout=GENEROUS_S)
             assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.GenerateCover(request("sigterm: too late"), timeout=5)
+                await stub.GenerateCover(request("sigterm: too late"), timeout=GENEROUS_S)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             replies = await asyncio.gather(*in_flight)
             assert all(r.image for r in replies), "in-flight calls must finish during the drain"
-        code = await asyncio.wait_for(asyncio.to_thread(server.wait), grace + 5)
+        code = await asyncio.wait_for(asyncio.to_thread(server.wait), 2 * GENEROUS_S)  # a hang guard only
         assert code == 0, log.read_text(errors="replace")[-2000:]
-        assert time.monotonic() - signalled < grace + 5
+        assert "stopped" in log.read_text(errors="replace"), "the drain must end in a clean stop"
     finally:
         if server.poll() is None:
             server.kill()
