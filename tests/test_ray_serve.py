@@ -37,7 +37,7 @@ from covergen.v1 import cover_pb2 as pb  # noqa: E402
 from covergen.v1 import cover_pb2_grpc as pb_grpc  # noqa: E402
 
 REGIONS = ("杭州", "成都", "北京", "广州")  # four different adapter stacks
-MAX_PIXEL_DIFF = 2  # uint8 levels; the engine's own batch-vs-alone bound (tests/test_engine.py)
+MAX_PIXEL_DIFF = 3  # uint8 levels: the engine's own batch-vs-alone bound (tests/test_engine.py)
 # cluster + three replicas: 38 s measured on a quiet machine, 105 s at load 13 on its two cores
 START_TIMEOUT_S = 600.0
 pytestmark = pytest.mark.timeout(900)  # the first test also waits for the cluster
