@@ -4,7 +4,6 @@ whatever they accept is inside the documented bounds."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import math
@@ -135,8 +134,9 @@ def test_invisible_characters_never_change_where_a_tag_resolves(service, region:
 
 @pytest.fixture(scope="module")
 def count_tokens(service):
-    tokenizer = copy.deepcopy(service.base.pipeline.tokenizer)  # the engine thread uses the original
-    return lambda text: len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+    from covergen.clip_tokens import clip_token_counter
+
+    return clip_token_counter(service.base.pipeline.tokenizer)  # a private copy: the engine uses the original
 
 
 @SETTINGS

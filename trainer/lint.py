@@ -20,6 +20,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from covergen.clip_tokens import clip_token_counter
+
 from .dataset import list_images, open_rgb, read_metadata
 
 VAGUE_WORDS: tuple[str, ...] = (
@@ -60,11 +62,7 @@ def estimate_tokens(caption: str) -> int:
 
 def tokenizer_counter(tokenizer: object) -> TokenCounter:
     """Exact counts from a CLIPTokenizer (start and end tokens included, no truncation)."""
-
-    def count(caption: str) -> int:
-        return len(tokenizer(caption, truncation=False).input_ids)  # type: ignore[operator]
-
-    return count
+    return clip_token_counter(tokenizer, special_tokens=True)
 
 
 def laplacian_variance(image: Image.Image) -> float:

@@ -17,11 +17,11 @@ from pathlib import Path
 import yaml
 
 from covergen.errors import ConfigError
+from covergen.styles import CARD_FILE_NAME
 
 from .export import DIFFUSERS_WEIGHT_NAME
 
 ADAPTER_FILE_NAME = "adapter.safetensors"
-CARD_FILE_NAME = "style.yaml"
 
 
 @dataclass

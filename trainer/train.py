@@ -27,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from covergen.errors import ConfigError
+from covergen.models.device import torch_device
 
 from .adapter import (
     attach_adapters,
@@ -84,16 +85,8 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device is 'cuda' but no CUDA GPU is visible; set device: auto or cpu")
-    return torch.device(name)
+    """`auto` -> cuda, then mps, then cpu: the server's rule (`covergen.models.device`)."""
+    return torch_device(name, setting="device in train.yaml")
 
 
 def _check_precision(config: TrainConfig, device: torch.device) -> None:

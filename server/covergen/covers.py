@@ -122,7 +122,7 @@ class CoverMaker:
         self.scheduler_name = scheduler_name
         # Plans of recent requests: on a cache hit, segmenting the title and counting CLIP tokens
         # was ~70% of the server's time (profiled under loadgen). Cleared when styles change.
-        self._plans: OrderedDict[tuple[object, ...], Plan] = OrderedDict()
+        self._plans: OrderedDict[CoverRequest, Plan] = OrderedDict()
         self._max_plans = 4096
 
     def without_cache(self) -> CoverMaker:
@@ -147,17 +147,12 @@ class CoverMaker:
 
     def plan(self, request: CoverRequest) -> Plan:
         """Validate and decide everything that does not need the model (memoised per request)."""
-        key = (
-            request.region, request.title, request.seed, request.variant, request.width,
-            request.height, request.steps, request.guidance_scale, request.format,
-            request.themes, tuple(sorted(request.adapter_weights.items())), request.arm,
-        )  # fmt: skip
-        plan = self._plans.get(key)
+        plan = self._plans.get(request)  # the frozen request is the key: every field counts
         if plan is not None:
-            self._plans.move_to_end(key)
+            self._plans.move_to_end(request)
             return plan
         plan = self._plan(request)
-        self._plans[key] = plan
+        self._plans[request] = plan
         if len(self._plans) > self._max_plans:
             self._plans.popitem(last=False)
         return plan

@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from covergen.errors import ConfigError
+from covergen.plain_text import plain_text
 from covergen.regions import StyleWeight
 from covergen.styles import SUBJECT_PLACEHOLDER, StyleCard, StyleLibrary
 from covergen.titles.dictionary import Dictionary
@@ -110,8 +111,7 @@ def estimate_clip_tokens(text: str) -> int:
 def sanitize_title(title: str) -> str:
     """NFKC, with control, format (bidi, zero-width), surrogate and private-use characters
     removed. Everything the prompt takes from a title is later whitelisted again."""
-    text = unicodedata.normalize("NFKC", title)
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
+    return plain_text(title)
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,16 @@ with `InvalidRequest` naming the field, the value and the allowed range, before 
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from covergen.errors import InvalidRequest
+from covergen.regions import MAX_TAG_BYTES
+from covergen.styles import MAX_WEIGHT, MIN_WEIGHT, STYLE_NAME_PATTERN
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 ARMS = ("regional", "generic")
-MAX_REGION_BYTES = 64
+MAX_REGION_BYTES = MAX_TAG_BYTES
 MAX_THEMES = 4
 MAX_THEME_BYTES = 32
 MAX_WEIGHT_OVERRIDES = 8
@@ -21,8 +23,32 @@ MAX_VARIANT = 1000
 MAX_SEED = 2**63 - 1
 STEPS_RANGE = (1, 100)
 GUIDANCE_RANGE = (1.0, 20.0)
-WEIGHT_RANGE = (0.0, 2.0)
-_STYLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+WEIGHT_RANGE = (MIN_WEIGHT, MAX_WEIGHT)
+_STYLE_NAME = STYLE_NAME_PATTERN
+
+
+class WeightOverrides(Mapping[str, float]):
+    """A request's per-adapter weights: read-only and hashable, so a request can key a memo."""
+
+    __slots__ = ("_weights",)
+
+    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+        self._weights = dict(weights or {})
+
+    def __getitem__(self, name: str) -> float:
+        return self._weights[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._weights)
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._weights.items()))
+
+    def __repr__(self) -> str:
+        return f"WeightOverrides({self._weights!r})"
 
 
 @dataclass(frozen=True)
@@ -38,7 +64,11 @@ class Limits:
 
 @dataclass(frozen=True)
 class CoverRequest:
-    """One GenerateCover call. Zero/None mean "server default" where the proto says so."""
+    """One GenerateCover call. Zero/None mean "server default" where the proto says so.
+
+    Frozen and hashable (`adapter_weights` becomes a `WeightOverrides`): the request itself is
+    the key of the plan memo, so a field added here can never return a stale plan.
+    """
 
     region: str
     title: str
@@ -50,8 +80,12 @@ class CoverRequest:
     guidance_scale: float | None = None
     format: str = "png"
     themes: tuple[str, ...] = ()
-    adapter_weights: dict[str, float] = field(default_factory=dict)
+    adapter_weights: Mapping[str, float] = field(default_factory=WeightOverrides)
     arm: str = "regional"  # A/B arm: "regional" (the region's stack) or "generic" (the default's)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.adapter_weights, WeightOverrides):
+            object.__setattr__(self, "adapter_weights", WeightOverrides(self.adapter_weights))
 
 
 @dataclass(frozen=True)

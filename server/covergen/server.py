@@ -10,7 +10,6 @@ NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get `drain_grace_s` to f
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import signal
 import time
@@ -27,6 +26,7 @@ from covergen import __version__
 from covergen.adapters.registry import AdapterRegistry, RegistryObserver
 from covergen.admin import StyleAdmin, StyleLoader
 from covergen.cache import ResultCache
+from covergen.clip_tokens import clip_token_counter
 from covergen.covers import CoverMaker
 from covergen.engine.batcher import Engine, EngineObserver
 from covergen.engine.denoise import CoverJob
@@ -159,18 +159,6 @@ class Service:
         log.info("stopped")
 
 
-def _count_tokens(shared_tokenizer: Any):
-    # A private copy: a fast tokenizer keeps padding and truncation settings on its shared Rust
-    # backend, and the engine thread encodes padded batches with the pipeline's tokenizer while
-    # requests are being planned on the event loop.
-    tokenizer = copy.deepcopy(shared_tokenizer)
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
-
-    return count
-
-
 @dataclass(frozen=True)
 class ModelFacts:
     """What planning needs to know of the base model, wherever the model itself is loaded."""
@@ -269,7 +257,7 @@ async def build_front(
     reflection, the bound port. `admin` builds AdminService's operations where `painting` is
     None (default: StyleAdmin over the local registry)."""
     started = time.perf_counter() if started is None else started
-    count_tokens = _count_tokens(facts.tokenizer)
+    count_tokens = clip_token_counter(facts.tokenizer)
     translator = None
     if settings.translator is not None:  # COVERGEN_TRANSLATOR: a local MarianMT folder
         from covergen.titles.translator import MarianTranslator

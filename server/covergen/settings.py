@@ -163,5 +163,7 @@ class Settings(BaseSettings):
         return 1.0 if self.lcm_lora is not None else 5.0
 
     def resolved_cache_dir(self) -> Path:
-        """The model cache folder: the setting, else `<repo>/.cache/covergen`."""
-        return self.cache_dir if self.cache_dir is not None else REPO_ROOT / ".cache" / "covergen"
+        """The model cache folder: the setting, else `models.cache.default_cache_dir()` (the one rule)."""
+        from covergen.models.cache import default_cache_dir  # the models package imports torch
+
+        return self.cache_dir if self.cache_dir is not None else default_cache_dir()

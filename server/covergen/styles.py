@@ -10,7 +10,6 @@ free-form tags (region tags, theme tags) are compared.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from covergen.errors import AdapterRejected, ConfigError, StyleNotFound
+from covergen.plain_text import plain_text
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
 
@@ -45,11 +45,7 @@ def normalize_tag(tag: str) -> str:
 
     `" Hang-Zhou\\u202e "` and `"hangzhou"` compare equal; so do `"ＣＮ－ＺＪ"` and `"cn-zj"`.
     """
-    text = unicodedata.normalize("NFKC", tag)
-    # Category C*: controls, format characters (bidi marks, zero-width joiners), surrogates,
-    # private use and unassigned code points; Zl/Zp: line and paragraph separators.
-    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
-    return _TAG_SEPARATORS.sub("", text.casefold())
+    return _TAG_SEPARATORS.sub("", plain_text(tag).casefold())
 
 
 class PromptParts(BaseModel):
@@ -130,7 +126,7 @@ class StyleCard(BaseModel):
     @classmethod
     def _weight_in_range(cls, value: float) -> float:
         if not MIN_WEIGHT <= value <= MAX_WEIGHT:
-            raise _invalid("weight_range", f"{value} is outside [0, 2]")
+            raise _invalid("weight_range", f"{value} is outside [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}]")
         return value
 
     @field_validator("trigger_words")

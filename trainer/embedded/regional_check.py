@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from covergen.adapters.files import read_lora_file
+from covergen.clip_tokens import clip_token_counter
 from covergen.engine.denoise import CoverJob, Denoiser
 from covergen.engine.lora_layers import StackItem
 from covergen.models.loading import LoadedBase
@@ -28,10 +29,9 @@ class RegionPainter:
     def __init__(self, base: LoadedBase, styles_dir: Path, adapter_files: Mapping[str, Path] | None = None) -> None:
         self.library = StyleLibrary.load(styles_dir)
         self.resolver = RegionResolver.load(styles_dir / "regions.yaml", self.library)
-        tokenizer = base.pipeline.tokenizer
         self.prompts = PromptBuilder.load(
             styles_dir / "glossary.yaml",
-            count_tokens=lambda text: len(tokenizer(text).input_ids) - 2,
+            count_tokens=clip_token_counter(base.pipeline.tokenizer),
             reserved_words=self.library.trigger_words(),
         )
         self.denoiser = Denoiser(base.pipeline, zero_mean_noise=base.zero_mean_noise)

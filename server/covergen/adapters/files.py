@@ -28,7 +28,8 @@ from safetensors.torch import load as load_safetensors_bytes
 
 from covergen.errors import AdapterRejected
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+# pickle checkpoints, refused unopened everywhere (adapters and base models)
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 # `.lora_A.weight` / `.lora_B.weight` (peft) or `.lora.down.weight` / `.lora.up.weight` (what the
 # diffusers training examples save after convert_state_dict_to_diffusers)
 _DIFFUSERS_KEY = re.compile(r"\.(lora_A|lora_B|lora\.down|lora\.up)(\.[^.]+)?\.weight$")

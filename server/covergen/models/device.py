@@ -1,6 +1,7 @@
 """Choosing the torch device and dtype the base model runs on.
 
-"auto" means CUDA in fp16 when a GPU is present, else CPU in fp32. Either can be overridden:
+"auto" means CUDA in fp16 when a GPU is present, else Apple's MPS, else CPU, in fp32 off CUDA.
+The server and the trainer both resolve devices here. Either can be overridden:
 a device string torch understands ("cpu", "cuda", "cuda:1", "mps") and a dtype name
 ("fp32", "fp16", "bf16"). A request the machine cannot honour is a ConfigError at start-up,
 not a silent fallback.
@@ -25,31 +26,34 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def _resolve_device(device: str) -> torch.device:
+def torch_device(device: str, setting: str = DEVICE_SETTING) -> torch.device:
+    """The torch device `device` names ("auto": cuda, then mps, then cpu); ConfigError naming
+    `setting` (the knob to change) when this machine cannot run it."""
     name = device.strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         resolved = torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(
-            f"device {device!r} is not a torch device; set {DEVICE_SETTING} to auto, cpu, "
-            f"cuda or cuda:N"
+            f"device {device!r} is not a torch device; set {setting} to auto, cpu, cuda or cuda:N"
         ) from exc
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise ConfigError(
                 f"device {device!r} asks for CUDA but this machine has no usable GPU; "
-                f"set {DEVICE_SETTING}=cpu (or auto)"
+                f"set {setting}=cpu (or auto)"
             )
         if resolved.index is not None and resolved.index >= count:
             raise ConfigError(
                 f"device {device!r} does not exist: this machine has {count} GPU(s), "
-                f"cuda:0..cuda:{count - 1}; set {DEVICE_SETTING} to one of those"
+                f"cuda:0..cuda:{count - 1}; set {setting} to one of those"
             )
     elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r} is not available here; set {DEVICE_SETTING}=cpu")
+        raise ConfigError(f"device {device!r} is not available here; set {setting}=cpu")
     return resolved
 
 
@@ -72,5 +76,5 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
     """The (device, dtype) to run on: auto is CUDA+fp16 if available, else CPU+fp32."""
-    resolved = _resolve_device(device)
+    resolved = torch_device(device)
     return resolved, _resolve_dtype(dtype, resolved)

@@ -25,6 +25,7 @@ import torch
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
+from covergen.adapters.files import PICKLE_SUFFIXES
 from covergen.errors import ConfigError
 from covergen.models.content_id import content_id, directory_files
 from covergen.models.device import resolve_device
@@ -32,7 +33,6 @@ from covergen.models.single_file import single_file_config_dir
 from covergen.models.tiny import EMBEDDED_SPECS, ensure_embedded_model, is_embedded_spec
 
 BASE_MODEL_SETTING = "COVERGEN_BASE_MODEL"
-PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 
 
