@@ -14,7 +14,7 @@ ROOTS = {"covergen": REPO / "server" / "covergen", "trainer": REPO / "trainer"}
 # the packages and modules that must stay transport-free (ARCHITECTURE.md, "where grpc stops")
 TRANSPORT_FREE = (
     "covergen.engine", "covergen.adapters", "covergen.models", "covergen.errors", "covergen.covers",
-    "covergen.regions", "covergen.requests", "covergen.styles", "covergen.prompts", "covergen.cache",
+    "covergen.regions", "covergen.geotags", "covergen.requests", "covergen.styles", "covergen.prompts", "covergen.cache",
     "covergen.catalogue", "covergen.admin", "covergen.feed", "covergen.titles", "covergen.painters",
     "trainer",
 )  # fmt: skip

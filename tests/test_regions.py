@@ -103,7 +103,10 @@ def test_the_table_lists_enough_cities_with_codes_inside_their_province(resolver
     assert len(cities) >= 80
     provinces = {e.name: e for e in resolver.entries() if e.level == "province"}
     for city in cities:
-        assert city.code is not None and city.code[:2] == (provinces[city.parent or ""].code or "")[:2]
+        if city.code is None:  # GB/T 2260 gives Taiwan's cities no prefecture code
+            assert city.parent == "台湾"
+            continue
+        assert city.code[:2] == (provinces[city.parent or ""].code or "")[:2]
 
 
 @pytest.mark.parametrize(("code", "iso", "name", "full_name", "pinyin", "macro", "style"), PROVINCES)
@@ -312,3 +315,166 @@ def test_a_stack_without_weight_takes_the_cards_default_weight(
         StyleWeight("jiangnan", library.get("jiangnan").default_weight),
         StyleWeight("rain", 0.3),
     )
+
+
+# --- the other geo tag forms a recommender sends (covergen.geotags) ----------------------------
+
+SUZHOU = ("苏州", "江苏", "长三角")
+GUANGZHOU = ("广州", "广东", "岭南")
+
+
+@pytest.mark.parametrize(
+    ("tag", "path"),
+    [
+        ("江苏省苏州市", SUZHOU),
+        ("中国江苏省苏州市", SUZHOU),
+        ("中华人民共和国江苏省苏州市", SUZHOU),
+        ("江苏苏州", SUZHOU),
+        ("苏州市姑苏区", SUZHOU),
+        ("广东省广州市天河区", GUANGZHOU),
+        ("中国 广东省 广州市 天河区", GUANGZHOU),
+        ("广东省广州市天河区天河路385号", GUANGZHOU),
+        ("吉林省吉林市", ("吉林", "吉林", "东北")),
+        ("广西壮族自治区南宁市", ("南宁", "广西", "岭南")),
+        ("北京市朝阳区", ("北京", "京津冀")),  # 朝阳 is also a city of 辽宁: not under 北京
+        ("江苏省昆山市", ("江苏", "长三角")),  # a county-level city the table does not list
+    ],
+)
+def test_full_addresses_resolve_to_their_city(
+    resolver: RegionResolver, tag: str, path: tuple[str, ...]
+) -> None:
+    resolution = resolver.resolve(tag)
+    assert (resolution.path, resolution.fallback) == (path, False)
+
+
+@pytest.mark.parametrize(
+    ("tag", "path"),
+    [
+        ("Suzhou, Jiangsu", SUZHOU),
+        ("suzhou, jiangsu, china", SUZHOU),
+        ("SUZHOU , JIANGSU , CHINA", SUZHOU),
+        ("Suzhou City, Jiangsu Province, China", SUZHOU),
+        ("Suzhou, Anhui", ("宿州", "安徽", "长三角")),
+        ("Guangzhou, Guangdong", GUANGZHOU),
+        ("Tianhe District, Guangzhou, Guangdong, China", GUANGZHOU),
+        ("Jilin, Jilin", ("吉林", "吉林", "东北")),
+        ("Kunshan, Jiangsu", ("江苏", "长三角")),
+        ("Shanghai, China", ("上海", "长三角")),
+        ("Hangzhou City", ("杭州", "浙江", "长三角")),
+        ("苏州，江苏", SUZHOU),
+    ],
+)
+def test_english_city_province_forms(resolver: RegionResolver, tag: str, path: tuple[str, ...]) -> None:
+    resolution = resolver.resolve(tag)
+    assert (resolution.path, resolution.fallback) == (path, False)
+
+
+@pytest.mark.parametrize(("code", "iso", "name", "full_name", "pinyin", "macro", "style"), PROVINCES)
+def test_pre_2017_numeric_iso_codes_name_the_province(
+    resolver: RegionResolver,
+    code: str,
+    iso: str,
+    name: str,
+    full_name: str,
+    pinyin: str,
+    macro: str,
+    style: str,
+) -> None:
+    # ISO 3166-2:CN before 2017 used the GB/T 2260 prefix, except Hong Kong (91) and Macao (92)
+    numeric = {"81": "91", "82": "92"}.get(code[:2], code[:2])
+    for tag in (f"CN-{numeric}", f"cn-{numeric}", f"CN{numeric}"):
+        assert _without_tag(resolver.resolve(tag)) == _without_tag(resolver.resolve(code)), tag
+
+
+@pytest.mark.parametrize(
+    ("tag", "path"),
+    [
+        ("蘇州", SUZHOU),
+        ("長沙", ("长沙", "湖南", "华中")),
+        ("廣州市", GUANGZHOU),
+        ("廣東省廣州市天河區", GUANGZHOU),
+        ("臺北", ("台北", "台湾", "闽台")),
+        ("臺灣", ("台湾", "闽台")),
+        ("瀋陽", ("沈阳", "辽宁", "东北")),
+    ],
+)
+def test_traditional_script(resolver: RegionResolver, tag: str, path: tuple[str, ...]) -> None:
+    resolution = resolver.resolve(tag)
+    assert (resolution.path, resolution.fallback) == (path, False)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [("台北", "臺北市", "taipei", "Taibei"), ("新北", "New Taipei"), ("桃园", "桃園", "Taoyuan"),
+     ("台中", "臺中", "Taichung"), ("台南", "臺南", "Tainan"), ("高雄", "高雄市", "kaohsiung", "gaoxiong"),
+     ("基隆", "Keelung"), ("新竹", "Hsinchu"), ("嘉义", "嘉義", "Chiayi")],
+)  # fmt: skip
+def test_the_cities_of_taiwan(resolver: RegionResolver, tags: tuple[str, ...]) -> None:
+    paths = {resolver.resolve(tag).path for tag in tags}
+    assert paths == {(tags[0], "台湾", "闽台")}
+    assert [i.style for i in resolver.resolve(tags[0]).stack] == ["minnan_redbrick"]
+
+
+@pytest.mark.parametrize(
+    ("tag", "path"),
+    [
+        ("23.1291,113.2644", GUANGZHOU),  # 广州's seat
+        (" 23.1291 , 113.2644 ", GUANGZHOU),
+        ("31.30,120.59", SUZHOU),
+        ("31.32,120.70", SUZHOU),  # Suzhou Industrial Park, ~10 km east of the seat
+        ("30.2469,120.2098", ("杭州", "浙江", "长三角")),
+        ("39.9042,116.4074", ("北京", "京津冀")),
+        ("22.6209,120.3120", ("高雄", "台湾", "闽台")),
+        ("22.28,114.17", ("香港", "岭南")),
+    ],
+)
+def test_coordinates_resolve_to_the_nearest_seat(
+    resolver: RegionResolver, tag: str, path: tuple[str, ...]
+) -> None:
+    resolution = resolver.resolve(tag)
+    assert (resolution.path, resolution.fallback) == (path, False)
+
+
+@pytest.mark.parametrize(
+    "tag", ["35.68,139.69", "37.57,126.98", "0,0", "-33.87,151.21"]
+)  # Tokyo, Seoul, sea, Sydney
+def test_coordinates_beyond_the_cap_fall_back(resolver: RegionResolver, tag: str) -> None:
+    from covergen.geotags import MAX_SEAT_KM
+
+    assert MAX_SEAT_KM == 150.0
+    resolution = resolver.resolve(tag)
+    assert resolution.fallback and resolution.path == () and resolution.level == "default"
+
+
+@pytest.mark.parametrize(
+    ("tag", "message"),
+    [
+        ("113.2644,23.1291", r"not a coordinate pair: .*looks like lon,lat"),
+        ("95,120", r"latitude must lie in \[-90, 90\]"),
+        ("Suzhou, China", r"ambiguous: it names 苏州市 \(320500\), 宿州市 \(341300\).*'Suzhou, Jiangsu'"),
+        ("suzhou", r"ambiguous: .*'City, Province' such as 'Suzhou, Jiangsu'"),
+    ],
+)
+def test_bad_or_ambiguous_geo_tags_say_what_to_send(resolver: RegionResolver, tag: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        resolver.resolve(tag)
+
+
+@pytest.mark.parametrize(
+    "tag", ["吉林大学", "朝阳区", "Springfield, Illinois", "Atlantis, China", "CN-99", "火星市火星区"]
+)
+def test_unknown_places_in_the_new_forms_fall_back(resolver: RegionResolver, tag: str) -> None:
+    resolution = resolver.resolve(tag)
+    assert resolution.fallback and resolution.path == ()
+
+
+def test_every_prefecture_level_entry_has_a_seat(resolver: RegionResolver) -> None:
+    from covergen.geotags import load_seats
+
+    seated = {seat.entry for seat in load_seats(resolver.entries())}
+    provinces_with_cities = {e.parent for e in resolver.entries() if e.level == "city"}
+    expected = {
+        e for e in resolver.entries()
+        if e.level == "city" or (e.level == "province" and e.name not in provinces_with_cities)
+    }  # fmt: skip
+    assert seated == expected

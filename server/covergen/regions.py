@@ -3,7 +3,8 @@
 A region tag is whatever the newsroom's geo tagger sends: a GB/T 2260 code (`330100`,
 `330000`), an ISO 3166-2 code (`CN-ZJ`), a Chinese name with or without its suffix (`杭州`,
 `杭州市`, `广西壮族自治区`) or pinyin (`hangzhou`, `Hang Zhou`). Tags are compared by
-`normalize_tag`. Resolution walks city -> province -> macro-region -> default and takes the stack
+`normalize_tag`. A tag in none of these forms is read by `covergen.geotags` (addresses,
+`City, Province`, `CN-44`, traditional script, Taiwan's cities, `lat,lon`). Resolution walks city -> province -> macro-region -> default and takes the stack
 of the first level that defines one; an unknown tag gets the default stack with `fallback=True`.
 
 When two entries share a key (吉林 is a province and a city), the broader level keeps it; two
@@ -23,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from covergen.errors import ConfigError, InvalidRequest, StyleNotFound
+from covergen.geotags import Ambiguous, GeoTagReader, ambiguity_hint, load_seats
 from covergen.styles import MAX_WEIGHT, MIN_WEIGHT, normalize_tag
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
@@ -108,7 +110,7 @@ def _code_as_text(value: Any) -> Any:
 class _City(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    code: str
+    code: str | None = None  # None where GB/T 2260 has no prefecture code (Taiwan's cities)
     name: str
     full_name: str | None = None  # default: name + 市
     pinyin: str
@@ -119,7 +121,9 @@ class _City(BaseModel):
 
     @field_validator("code")
     @classmethod
-    def _prefecture_code(cls, value: str) -> str:
+    def _prefecture_code(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not _SIX_DIGITS.fullmatch(value) or value.endswith("0000") or not value.endswith("00"):
             raise ValueError(
                 f"code {value!r} is not a prefecture-level GB/T 2260 code (six digits ending in "
@@ -224,18 +228,14 @@ def _describe(exc: ValidationError, raw: Any, path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class _Ambiguous:
-    entries: tuple[RegionEntry, ...]
-
-
-@dataclass(frozen=True)
 class RegionResolver:
     """Resolves region tags to style stacks; build it with `RegionResolver.load`."""
 
     _entries: tuple[RegionEntry, ...]
     _default_stack: tuple[StyleWeight, ...]
     _by_name: Mapping[tuple[str, str], RegionEntry]  # (level, name) -> entry
-    _index: Mapping[str, RegionEntry | _Ambiguous] = field(repr=False)
+    _index: Mapping[str, RegionEntry | Ambiguous] = field(repr=False)
+    _reader: GeoTagReader = field(repr=False)
 
     @classmethod
     def load(cls, path: Path, library: StyleLibrary) -> RegionResolver:
@@ -315,8 +315,8 @@ class RegionResolver:
                 )
             )
             for city in province.cities:
-                city_label = f"city {city.name} ({city.code})"
-                if city.code[:2] != province.code[:2]:
+                city_label = f"city {city.name} ({city.code})" if city.code else f"city {city.name}"
+                if city.code is not None and city.code[:2] != province.code[:2]:
                     raise ConfigError(
                         f"{path}: {city_label} is listed under {label} but its code does not "
                         f"start with {province.code[:2]}; fix the code or move the city"
@@ -337,11 +337,13 @@ class RegionResolver:
         default_stack = stack_of(table.default.stack, "default") or ()
         if not default_stack:
             raise ConfigError(f"{path}: default stack is empty; add - {{style: default}}")
+        index = _build_index(entries, path)
         return cls(
             _entries=tuple(entries),
             _default_stack=default_stack,
             _by_name={(entry.level, entry.name): entry for entry in entries},
-            _index=_build_index(entries, path),
+            _index=index,
+            _reader=GeoTagReader(entries, lambda key: _exact(index, key), load_seats(entries)),
         )
 
     def entries(self) -> tuple[RegionEntry, ...]:
@@ -362,11 +364,15 @@ class RegionResolver:
         key = normalize_tag(tag)
         if not key:
             raise InvalidRequest(f"region is empty; send {_TAG_EXAMPLES}")
-        found = self._lookup(key)
-        if isinstance(found, _Ambiguous):
-            choices = ", ".join(f"{e.full_name} ({e.code})" for e in found.entries)
+        found = _exact(self._index, key)
+        if found is None:
+            found = self._reader.read(tag)
+        if isinstance(found, Ambiguous):
+            choices = ", ".join(f"{e.full_name} ({e.code or e.parent})" for e in found.entries)
+            provinces = {e.name: e for e in self._entries if e.level == "province"}
             raise InvalidRequest(
-                f"region {tag!r} is ambiguous: it names {choices}; send the code or the Chinese name instead"
+                f"region {tag!r} is ambiguous: it names {choices}; send the code or the Chinese name"
+                f"{ambiguity_hint(found, provinces)} instead"
             )
         if found is None:
             return Resolution(tag=tag, path=(), level="default", stack=self._default_stack, fallback=True)
@@ -380,13 +386,6 @@ class RegionResolver:
             fallback=False,
         )
 
-    def _lookup(self, key: str) -> RegionEntry | _Ambiguous | None:
-        found = self._index.get(key)
-        if found is None and _SIX_DIGITS.fullmatch(key):
-            # A county or district code: try its prefecture, then its province.
-            found = self._index.get(key[:4] + "00") or self._index.get(key[:2] + "0000")
-        return found
-
     def _chain(self, entry: RegionEntry) -> Iterable[RegionEntry]:
         parent_level = {"city": "province", "province": "macro_region"}
         current: RegionEntry | None = entry
@@ -398,10 +397,19 @@ class RegionResolver:
             current = self._by_name[(level, current.parent)]
 
 
-def _build_index(entries: Iterable[RegionEntry], path: Path) -> dict[str, RegionEntry | _Ambiguous]:
+def _exact(index: Mapping[str, RegionEntry | Ambiguous], key: str) -> RegionEntry | Ambiguous | None:
+    """`key` (normalised) as a name, pinyin or code; a county or district code goes to its
+    prefecture, then its province."""
+    found = index.get(key)
+    if found is None and _SIX_DIGITS.fullmatch(key):
+        found = index.get(key[:4] + "00") or index.get(key[:2] + "0000")
+    return found
+
+
+def _build_index(entries: Iterable[RegionEntry], path: Path) -> dict[str, RegionEntry | Ambiguous]:
     """Normalised key -> entry. Codes must be unique; a broader level keeps a shared key; a key
     shared within one level becomes ambiguous."""
-    index: dict[str, RegionEntry | _Ambiguous] = {}
+    index: dict[str, RegionEntry | Ambiguous] = {}
     codes: dict[str, RegionEntry] = {}
     for entry in entries:
         for code in filter(None, (entry.code, entry.iso)):
@@ -416,11 +424,11 @@ def _build_index(entries: Iterable[RegionEntry], path: Path) -> dict[str, Region
             if held is None:
                 index[key] = entry
                 continue
-            held_entries = held.entries if isinstance(held, _Ambiguous) else (held,)
+            held_entries = held.entries if isinstance(held, Ambiguous) else (held,)
             held_rank = _LEVEL_RANK[held_entries[0].level]
             rank = _LEVEL_RANK[entry.level]
             if rank > held_rank:
                 index[key] = entry
             elif rank == held_rank:
-                index[key] = _Ambiguous((*held_entries, entry))
+                index[key] = Ambiguous((*held_entries, entry))
     return index
