@@ -11,6 +11,10 @@ Three on-disk layouts are understood, all in `.safetensors`:
 
 Every layout becomes a `LoraWeights`: per target (`unet` or `text_encoder`) and module path, the
 down factor A, the up factor B and the scale alpha / r. Pickle checkpoints are never opened.
+
+Only plain LoRA is applied. Files of the other LyCORIS / peft formats (DoRA, LoCon with Tucker
+decomposition, LoHa, LoKr) hold keys a plain reader would skip and then paint with the wrong
+effect, so any key beyond down, up and alpha refuses the file, naming the format when it is known.
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 # diffusers training examples save after convert_state_dict_to_diffusers)
 _DIFFUSERS_KEY = re.compile(r"\.(lora_A|lora_B|lora\.down|lora\.up)(\.[^.]+)?\.weight$")
 _KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder"}
+_KOHYA_PARTS = frozenset({"lora_down.weight", "lora_up.weight", "alpha"})
+
+# Key fragments of adapter formats that are not plain LoRA -> (format, what it adds).
+_OTHER_FORMATS = {
+    "dora_scale": ("DoRA", "a per-module magnitude vector (.dora_scale)"),
+    "lora_magnitude_vector": ("DoRA", "a per-module magnitude vector (peft lora_magnitude_vector)"),
+    "lora_mid": ("LoCon with Tucker decomposition", "a middle convolution factor (.lora_mid)"),
+    "hada_": ("LoHa", "Hadamard-product factors (.hada_w1_a, .hada_w2_b, ...)"),
+    "lokr_": ("LoKr", "Kronecker-product factors (.lokr_w1, .lokr_w2, ...)"),
+}
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,7 @@ def normalise_state_dict(
     """Turn a LoRA state dict in any understood layout into target -> module -> factor."""
     if not tensors:
         raise AdapterRejected(f"adapter '{name}': the file holds no tensors")
+    _refuse_other_formats(tensors, name)
     if all(any(k.startswith(p) for p in _KOHYA_PREFIXES) for k in tensors):
         factors = _from_kohya(tensors, name, module_names)
     elif all(_DIFFUSERS_KEY.search(k) or k.endswith(".alpha") for k in tensors):
@@ -155,6 +170,20 @@ def normalise_state_dict(
             if not (torch.isfinite(factor.down).all() and torch.isfinite(factor.up).all()):
                 raise AdapterRejected(f"adapter '{name}': {target}.{module} holds NaN or inf weights")
     return factors
+
+
+def _refuse_other_formats(tensors: Mapping[str, torch.Tensor], name: str) -> None:
+    """AdapterRejected for a DoRA, LoCon-Tucker, LoHa or LoKr file: served as plain LoRA, its
+    extra factors would be dropped and the cover painted with the wrong effect."""
+    for key in tensors:
+        for fragment, (format_name, extra) in _OTHER_FORMATS.items():
+            if fragment in key:
+                raise AdapterRejected(
+                    f"adapter '{name}': this is a {format_name} file (key '{key}' holds {extra}); "
+                    "covergen applies plain LoRA only (down, up and alpha per module) and would paint "
+                    f"it with the wrong effect; retrain or export it as a plain LoRA (covergen-train, "
+                    "or kohya/LyCORIS with algo=lora and no DoRA or Tucker), or merge it into the base model"
+                )
 
 
 def _from_diffusers(
@@ -240,6 +269,13 @@ def _from_kohya(
             raise AdapterRejected(
                 f"adapter '{name}': kohya module '{stem}' does not exist in the base model's {target}; "
                 "was it trained for another base architecture?"
+            )
+        unknown = sorted(set(parts) - _KOHYA_PARTS)
+        if unknown:
+            raise AdapterRejected(
+                f"adapter '{name}': kohya module '{stem}' has key '{stem}.{unknown[0]}', which plain LoRA "
+                "does not have (only .lora_down.weight, .lora_up.weight and .alpha); covergen would ignore "
+                "it and paint with the wrong effect; export the adapter as a plain LoRA"
             )
         if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
             raise AdapterRejected(f"adapter '{name}': '{stem}' lacks lora_down or lora_up weights")

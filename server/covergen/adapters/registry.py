@@ -96,13 +96,18 @@ class AdapterRegistry:
     # --- load and evict ------------------------------------------------------------------------
 
     def read(self, source: AdapterSource) -> LoraWeights:
-        """Read and check one adapter file without making it resident (raises AdapterRejected)."""
-        weights = read_lora_file(source.path, source.name, self._module_names)
-        problem = self._check(weights)
-        if problem is not None:
-            raise AdapterRejected(
-                f"adapter '{source.name}' ({source.path.name}) does not fit the base model: {problem}"
-            )
+        """Read and check one adapter file without making it resident (raises AdapterRejected,
+        logged here at WARNING with its reason: every load, reload and warm-up comes through)."""
+        try:
+            weights = read_lora_file(source.path, source.name, self._module_names)
+            problem = self._check(weights)
+            if problem is not None:
+                raise AdapterRejected(
+                    f"adapter '{source.name}' ({source.path.name}) does not fit the base model: {problem}"
+                )
+        except AdapterRejected as exc:
+            log.warning("adapter rejected: style %s, file %s: %s", source.name, source.path, exc)
+            raise
         return weights.to(self._device, self._dtype)
 
     def load(self, source: AdapterSource, *, replace: bool = False) -> LoraWeights:
