@@ -8,12 +8,13 @@ paths against the YAML file's folder and fills resolution-dependent defaults.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from covergen.config_files import Problem, describe_validation_error, load_yaml_mapping
 from covergen.errors import ConfigError
 from covergen.models.tiny import is_embedded_spec
 
@@ -253,21 +254,21 @@ def _resolve_paths(raw: dict[str, Any], folder: Path, source: str) -> dict[str, 
     return out
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            known = ", ".join(sorted(TrainConfig.model_fields))
-            lines.append(f"{source}: unknown key '{key}'; known keys: {known}")
-        elif item["type"] == "missing":
-            lines.append(f"{source}: required key '{key}' is missing")
-        else:
-            message = str(item["msg"]).removeprefix("Value error, ")
-            if not message.startswith(key):
-                message = f"{key}: {message} (got {item.get('input')!r})"
-            lines.append(f"{source}: {message}")
-    return "\n".join(lines)
+def _phrase_config_problem(source: str) -> Callable[[Problem], str]:
+    """One sentence per problem, starting with the config file's name."""
+
+    def phrase(problem: Problem) -> str:
+        key = problem.key or "(top level)"
+        if problem.kind == "unknown":
+            return f"{source}: unknown key '{key}'; known keys: {', '.join(sorted(TrainConfig.model_fields))}"
+        if problem.kind == "missing":
+            return f"{source}: required key '{key}' is missing"
+        message = problem.message
+        if not message.startswith(key):
+            message = f"{key}: {message} (got {problem.input!r})"
+        return f"{source}: {message}"
+
+    return phrase
 
 
 def config_from_mapping(raw: dict[str, Any], *, folder: Path, source: str) -> TrainConfig:
@@ -275,7 +276,7 @@ def config_from_mapping(raw: dict[str, Any], *, folder: Path, source: str) -> Tr
     try:
         config = TrainConfig.model_validate(_resolve_paths(raw, folder, source))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(describe_validation_error(exc, _phrase_config_problem(source))) from None
     if config.metadata_path is None and (config.train_data_dir / "metadata.csv").exists():
         config.metadata_path = config.train_data_dir / "metadata.csv"
     return config
@@ -286,11 +287,8 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainCon
     source = path.name
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; pass --config styles/<name>/train.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level")
+    raw = load_yaml_mapping(
+        path, what="train config", holds="keys such as base_model and train_data_dir", empty_ok=True
+    )
     raw.update(overrides or {})
     return config_from_mapping(raw, folder=path.parent.resolve(), source=source)

@@ -15,19 +15,17 @@ and resolving it is an InvalidRequest that lists the codes to send instead.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from covergen.config_files import Problem, describe_validation_error, load_yaml
 from covergen.errors import ConfigError, InvalidRequest, StyleNotFound
 from covergen.geotags import Ambiguous, GeoTagReader, ambiguity_hint, load_seats
 from covergen.styles import MAX_WEIGHT, MIN_WEIGHT, normalize_tag
-
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
 
 if TYPE_CHECKING:
     from covergen.styles import StyleLibrary
@@ -207,21 +205,19 @@ def _entry_at(raw: Any, loc: Sequence[str | int]) -> str:
     return " ".join(parts)
 
 
-def _describe(exc: ValidationError, raw: Any, path: Path) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = error["loc"]
-        key = str(loc[-1]) if loc else "<file>"
-        about_a_key = error["type"] in ("extra_forbidden", "missing")
-        where = _entry_at(raw, loc[:-1] if about_a_key else loc) or "top level"
-        if error["type"] == "extra_forbidden":
-            lines.append(f"{path}: {where}: unknown key '{key}'; remove it")
-        elif error["type"] == "missing":
-            lines.append(f"{path}: {where}: missing '{key}'; add it")
-        else:
-            message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}: {where}: {message}; fix {key} in {path}")
-    return "\n".join(lines)
+def _phrase_table_problem(raw: Any, path: Path) -> Callable[[Problem], str]:
+    """One sentence per problem, naming the file and the entry (e.g. `provinces[3] 浙江`)."""
+
+    def phrase(problem: Problem) -> str:
+        key = str(problem.loc[-1]) if problem.loc else "<file>"
+        where = _entry_at(raw, problem.owner) or "top level"
+        if problem.kind == "unknown":
+            return f"{path}: {where}: unknown key '{key}'; remove it"
+        if problem.kind == "missing":
+            return f"{path}: {where}: missing '{key}'; add it"
+        return f"{path}: {where}: {problem.message}; fix {key} in {path}"
+
+    return phrase
 
 
 # ---- the resolver ----------------------------------------------------------------------------
@@ -246,16 +242,11 @@ class RegionResolver:
         macro-region that is not defined.
         """
         path = Path(path)
-        try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read regions table {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"regions table {path} is not valid YAML: {exc}") from exc
+        raw = load_yaml(path, what="regions table")
         try:
             table = _RegionsFile.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, raw, path)) from exc
+            raise ConfigError(describe_validation_error(exc, _phrase_table_problem(raw, path))) from exc
         return cls._build(table, library, path)
 
     @classmethod

@@ -10,19 +10,17 @@ free-form tags (region tags, theme tags) are compared.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from covergen.config_files import Problem, describe_validation_error, load_yaml_mapping
 from covergen.errors import AdapterRejected, ConfigError, StyleNotFound
 from covergen.plain_text import plain_text
-
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
 
 STYLE_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CARD_FILE_NAME = "style.yaml"
@@ -149,46 +147,34 @@ class StyleCard(BaseModel):
         return value
 
 
-def _describe_validation_error(exc: ValidationError, style: str, card_path: Path) -> str:
-    """One teaching sentence per pydantic error: what is wrong and where to fix it."""
-    lines = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "<card>"
-        if error["type"] == "extra_forbidden":
+def _phrase_card_problem(style: str, card_path: Path) -> Callable[[Problem], str]:
+    """One teaching sentence per card problem: what is wrong and where to fix it."""
+
+    def phrase(problem: Problem) -> str:
+        field = problem.key or "<card>"
+        if problem.kind == "unknown":
             known = ", ".join(StyleCard.model_fields)
-            lines.append(
+            return (
                 f"style '{style}' has unknown key '{field}'; remove it from {card_path} "
                 f"(known keys: {known}; prompt has subject, scene, style, details)"
             )
-        elif error["type"] == "missing":
-            lines.append(f"style '{style}' is missing '{field}'; add {field} to {card_path}")
-        elif error["type"] == "weight_range":
-            lines.append(
-                f"style '{style}' {field} {error['input']} is outside [0, 2]; set {field} in {card_path}"
-            )
-        else:
-            lines.append(f"style '{style}' {field} {error['msg']}; set {field} in {card_path}")
-    return "\n".join(lines)
+        if problem.kind == "missing":
+            return f"style '{style}' is missing '{field}'; add {field} to {card_path}"
+        if problem.type == "weight_range":
+            return f"style '{style}' {field} {problem.input} is outside [0, 2]; set {field} in {card_path}"
+        return f"style '{style}' {field} {problem.message}; set {field} in {card_path}"
+
+    return phrase
 
 
 def load_card(card_path: Path) -> StyleCard:
     """Read and validate one `style.yaml`; the card's name must equal its folder's name."""
     folder = card_path.parent.name
-    try:
-        raw: Any = yaml.load(card_path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read style card {card_path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"style card {card_path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            f"style card {card_path} must be a YAML mapping with name, display_name, kind, "
-            f"prompt, ...; got {type(raw).__name__}"
-        )
+    raw = load_yaml_mapping(card_path, what="style card", holds="name, display_name, kind, prompt, ...")
     try:
         card = StyleCard.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc, folder, card_path)) from exc
+        raise ConfigError(describe_validation_error(exc, _phrase_card_problem(folder, card_path))) from exc
     if card.name != folder:
         raise ConfigError(
             f"style card {card_path} has name '{card.name}' but lives in folder '{folder}'; "
