@@ -10,7 +10,9 @@ import csv
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -198,11 +200,25 @@ def test_both_formats_load_change_the_output_and_agree(run: TrainResult) -> None
     np.testing.assert_allclose(with_kohya, with_diffusers, atol=1e-4)
 
 
+def assert_readable_by_other_users(path: Path) -> None:
+    """The mode a plain open() gives, 0644 under the usual 022 umask: a server running as
+    another user reads it from a shared styles volume (safetensors alone writes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, f"{path.name}: {oct(path.stat().st_mode)}"
+
+
+def test_exported_adapters_are_readable_by_other_users(run: TrainResult) -> None:
+    for path in (run.diffusers_path, run.kohya_path):
+        assert_readable_by_other_users(path)
+
+
 def test_merge_writes_a_single_file_with_the_adapter_baked_in(run: TrainResult, tmp_path: Path) -> None:
     out = tmp_path / "merged.safetensors"
     status = train_main(["merge", "--base", "embedded", "--lora", str(run.kohya_path),
                          "--weight", "1.0", "--out", str(out)])
     assert status == 0 and out.is_file()
+    assert_readable_by_other_users(out)
     merged = load_base(str(out), device=torch.device("cpu")).pipeline
     reference = load_base("embedded", device=torch.device("cpu")).pipeline
     reference.load_lora_weights(str(run.kohya_path))
@@ -217,6 +233,8 @@ def test_publish_installs_adapter_and_a_valid_card(run: TrainResult, tmp_path: P
                        "--styles-dir", str(styles)]) == 0
     adapter = styles / "stripes" / "adapter.safetensors"
     assert adapter.read_bytes() == run.kohya_path.read_bytes()
+    assert_readable_by_other_users(adapter)
+    assert_readable_by_other_users(styles / "stripes" / "style.yaml")
     card = load_card(styles / "stripes" / "style.yaml")
     assert card.adapter == "adapter.safetensors" and card.kind == "regional"
     # A card edited by staff is kept; the adapter is replaced.

@@ -26,6 +26,16 @@ DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _DOWN, _UP = ".lora_A.weight", ".lora_B.weight"
 
 
+def readable_by_others(path: Path) -> Path:
+    """Give a written file the mode a plain `open()` would: 0666 less the umask (0644 under the
+    usual 022). safetensors' `save_file` creates files 0600, which a server running as another
+    user (the image runs as uid 10001) cannot read from a shared styles volume."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+    return path
+
+
 @dataclass(frozen=True)
 class TrainingFacts:
     """What the kohya metadata records about the run that produced the adapter."""
@@ -66,7 +76,7 @@ def export_diffusers(
         ),
         weight_name=DIFFUSERS_WEIGHT_NAME,
     )
-    return folder / DIFFUSERS_WEIGHT_NAME
+    return readable_by_others(folder / DIFFUSERS_WEIGHT_NAME)
 
 
 def _kohya_tensors(
@@ -123,7 +133,7 @@ def export_kohya(
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(temp), metadata=metadata)
-    os.replace(temp, path)
+    os.replace(readable_by_others(temp), path)
     return path
 
 

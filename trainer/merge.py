@@ -9,6 +9,7 @@ import torch
 from covergen.errors import ConfigError
 
 from .base import load_base
+from .export import readable_by_others
 
 _ADAPTER = "merge"
 
@@ -28,4 +29,4 @@ def merge_adapter(base_spec: str, lora: Path, weight: float, out: Path) -> Path:
     pipe.unload_lora_weights()  # fused weights stay; the LoRA layers go
     out.parent.mkdir(parents=True, exist_ok=True)
     export_single_file(pipe, out)
-    return out
+    return readable_by_others(out)
