@@ -9,7 +9,7 @@ export DIFFUSERS_OFFLINE := 1
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto demo-adapters serve serve-ray test lint bench-engine bench-trainer loadgen soak embedded-model regional-adapters contact-sheet clean-cache
+.PHONY: install proto demo-adapters serve serve-ray test lint bench-engine bench-trainer bench-serving bench-gpu loadgen soak embedded-model regional-adapters contact-sheet clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,13 @@ bench-engine: install
 
 bench-trainer: install
 	$(BIN)/python loadtest/bench_trainer.py --arch tiny
+
+# issue 12: serving targets from outside the server (latency, regions, hits); the GPU table
+bench-serving: install
+	$(BIN)/python loadtest/bench_serving.py
+
+bench-gpu: install
+	$(BIN)/python loadtest/bench_gpu.py
 
 loadgen: install
 	$(BIN)/python -m loadtest.loadgen --spawn-server --concurrency 16 --duration 20 --warmup 64 \

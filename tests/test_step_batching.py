@@ -47,15 +47,32 @@ def regional(model_cache_dir: Path):  # noqa: ANN201
     return load_base_model("embedded:regional", cache_dir=model_cache_dir, device="cpu", dtype="fp32")
 
 
-@pytest.fixture(scope="module", params=["hooks", "fused"])
-def denoiser(request: pytest.FixtureRequest, regional) -> Denoiser:  # noqa: ANN001
-    pipeline = copy.deepcopy(regional.pipeline)
-    return Denoiser(pipeline, zero_mean_noise=True, fuse_shared_stacks=request.param == "fused")
+@pytest.fixture(scope="module")
+def denoisers(regional) -> dict[str, Denoiser]:  # noqa: ANN001
+    """Both ways a shared stack is applied, each over its own copy of the pipeline."""
+    return {
+        mode: Denoiser(
+            copy.deepcopy(regional.pipeline), zero_mean_noise=True, fuse_shared_stacks=mode == "fused"
+        )
+        for mode in ("hooks", "fused")
+    }
+
+
+@pytest.fixture(params=["hooks", "fused"])
+def denoiser(request: pytest.FixtureRequest, denoisers: dict[str, Denoiser]) -> Denoiser:
+    """Both modes, for the equivalence tests (where they differ)."""
+    return denoisers[request.param]
+
+
+@pytest.fixture
+def hooks(denoisers: dict[str, Denoiser]) -> Denoiser:
+    """One mode for the engine's scheduling tests (admission does not depend on the mode)."""
+    return denoisers["hooks"]
 
 
 @pytest.fixture(scope="module")
-def adapters(denoiser: Denoiser) -> dict[str, LoraWeights]:
-    names = denoiser.module_names()
+def adapters(denoisers: dict[str, Denoiser]) -> dict[str, LoraWeights]:
+    names = denoisers["hooks"].module_names()
     return {s: read_lora_file(REPO / "styles" / s / "adapter.safetensors", s, names) for s in STYLES}
 
 
@@ -205,13 +222,13 @@ def unet_rows(denoiser: Denoiser) -> Iterator[list[int]]:
 
 
 async def test_a_job_submitted_while_another_runs_joins_it(
-    denoiser: Denoiser, adapters: dict[str, LoraWeights]
+    hooks: Denoiser, adapters: dict[str, LoraWeights]
 ) -> None:
     first = make_job(31, ((adapters["jiangnan"], 0.8),), steps=6)
     second = make_job(32, ((adapters["ink_wash"], 0.8),), steps=3, guidance=7.5)
-    want = [alone(denoiser, job)[0] for job in (first, second)]
+    want = [alone(hooks, job)[0] for job in (first, second)]
     gate = Gate(asyncio.get_running_loop())
-    with engine_over(denoiser, gate, max_batch=4) as engine, unet_rows(denoiser) as rows:
+    with engine_over(hooks, gate, max_batch=4) as engine, unet_rows(hooks) as rows:
         running_first = asyncio.ensure_future(engine.submit(first))
         await asyncio.wait_for(gate.first_admitted.wait(), WAIT_S)
         images = await asyncio.gather(engine.submit(second), running_first)
@@ -222,10 +239,10 @@ async def test_a_job_submitted_while_another_runs_joins_it(
         assert int(np.abs(got.astype(int) - expected.astype(int)).max()) <= MAX_PIXEL_DIFF
 
 
-async def test_live_jobs_are_admitted_before_prepare_jobs(denoiser: Denoiser) -> None:
+async def test_live_jobs_are_admitted_before_prepare_jobs(hooks: Denoiser) -> None:
     held = threading.Event()
     queued = Queued(asyncio.get_running_loop(), 2)
-    with engine_over(denoiser, queued, max_batch=1) as engine:
+    with engine_over(hooks, queued, max_batch=1) as engine:
         engine.run_on_worker(lambda: held.wait(WAIT_S))  # the worker waits here: a backlog builds
         prepare = make_job(41, steps=1)
         prepare.priority = Priority(PREPARE)
@@ -239,12 +256,12 @@ async def test_live_jobs_are_admitted_before_prepare_jobs(denoiser: Denoiser) ->
     assert live.started_at < prepare.started_at
 
 
-async def test_jobs_of_another_size_wait_for_the_running_batch_to_drain(denoiser: Denoiser) -> None:
+async def test_jobs_of_another_size_wait_for_the_running_batch_to_drain(hooks: Denoiser) -> None:
     jobs = [make_job(51, steps=2), make_job(52, steps=2, size=128), make_job(53, steps=2)]
-    want = [alone(denoiser, job)[0] for job in jobs]
+    want = [alone(hooks, job)[0] for job in jobs]
     held = threading.Event()
     queued = Queued(asyncio.get_running_loop(), len(jobs))
-    with engine_over(denoiser, queued, max_batch=4) as engine, unet_rows(denoiser) as rows:
+    with engine_over(hooks, queued, max_batch=4) as engine, unet_rows(hooks) as rows:
         engine.run_on_worker(lambda: held.wait(WAIT_S))
         calls = [asyncio.ensure_future(engine.submit(j)) for j in jobs]
         await asyncio.wait_for(queued.reached.wait(), WAIT_S)
@@ -256,14 +273,14 @@ async def test_jobs_of_another_size_wait_for_the_running_batch_to_drain(denoiser
         assert int(np.abs(got.astype(int) - expected.astype(int)).max()) <= MAX_PIXEL_DIFF
 
 
-async def test_stopped_jobs_leave_and_the_others_finish(denoiser: Denoiser) -> None:
+async def test_stopped_jobs_leave_and_the_others_finish(hooks: Denoiser) -> None:
     late = make_job(61, steps=3)
     late.deadline = time.monotonic() - 1.0
     gone = make_job(62, steps=3)
     gone.cancelled.set()
     kept = make_job(63, steps=3)
-    want = alone(denoiser, kept)[0]
-    with engine_over(denoiser, max_batch=4) as engine:
+    want = alone(hooks, kept)[0]
+    with engine_over(hooks, max_batch=4) as engine:
         outcomes = await asyncio.gather(
             *(engine.submit(j) for j in (late, gone, kept)), return_exceptions=True
         )
@@ -272,18 +289,18 @@ async def test_stopped_jobs_leave_and_the_others_finish(denoiser: Denoiser) -> N
     assert int(np.abs(outcomes[2].astype(int) - want.astype(int)).max()) <= MAX_PIXEL_DIFF
 
 
-async def test_out_of_memory_fails_the_newest_job_and_the_rest_run_on(denoiser: Denoiser) -> None:
+async def test_out_of_memory_fails_the_newest_job_and_the_rest_run_on(hooks: Denoiser) -> None:
     first, second = make_job(71, steps=4), make_job(72, steps=4)
-    want = alone(denoiser, first)[0]
+    want = alone(hooks, first)[0]
 
     def tight_memory(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if args[0].shape[0] > 2:  # more than one job (two CFG rows) does not "fit"
             raise torch.OutOfMemoryError("CUDA out of memory (injected at the UNet by the test)")
 
     gate = Gate(asyncio.get_running_loop())
-    handle = denoiser.pipeline.unet.register_forward_pre_hook(tight_memory)
+    handle = hooks.pipeline.unet.register_forward_pre_hook(tight_memory)
     try:
-        with engine_over(denoiser, gate, max_batch=4) as engine:
+        with engine_over(hooks, gate, max_batch=4) as engine:
             running_first = asyncio.ensure_future(engine.submit(first))
             await asyncio.wait_for(gate.first_admitted.wait(), WAIT_S)
             outcomes = await asyncio.gather(engine.submit(second), running_first, return_exceptions=True)

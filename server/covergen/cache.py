@@ -40,6 +40,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from covergen.errors import ConfigError
+from covergen.hot_covers import HotCovers
 from covergen.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,7 @@ class ResultCache:
         connect_timeout_s: float = 0.1,
         breaker_cooldown_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        hot: HotCovers | None = None,
     ) -> None:
         for name, value in (("ttl_s", ttl_s), ("lock_ttl_s", lock_ttl_s),
                             ("wait_timeout_s", wait_timeout_s),
@@ -229,6 +231,7 @@ class ResultCache:
         self._release_script = self._redis.register_script(_RELEASE_AND_NOTIFY)
         self._breaker = _OutageBreaker(_redacted(redis_url), breaker_cooldown_s, metrics, clock)
         self._flights: dict[str, _Flight] = {}
+        self._hot = hot  # in-process covers read more than once (hot_covers.py); None: off
 
     async def get_or_generate(
         self, key: str, generate: Callable[[], Awaitable[CachedCover]]
@@ -239,6 +242,11 @@ class ResultCache:
         its exception if it fails. A caller that is cancelled leaves the flight running for the
         others; when the last one leaves, the generation is cancelled.
         """
+        if self._hot is not None:
+            hot = self._hot.get(key)
+            if hot is not None:  # no task, no Redis round trip
+                self._metrics.observe_cache(CacheOutcome.HIT.value)
+                return hot, CacheOutcome.HIT
         flight = self._flights.get(key)
         joined = flight is not None
         if flight is None:
@@ -254,6 +262,8 @@ class ResultCache:
             if flight.waiters == 0 and not flight.task.done():
                 self._forget(key, flight)
                 flight.task.cancel()
+        if outcome is CacheOutcome.HIT and self._hot is not None:
+            self._hot.put(key, cover)  # a second read: it is hot
         if joined:
             outcome = CacheOutcome.COALESCED
         self._metrics.observe_cache(outcome.value)

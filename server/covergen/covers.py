@@ -17,6 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,8 @@ class CoverMaker:
         # was ~70% of the server's time (profiled under loadgen). Cleared when styles change.
         self._plans: OrderedDict[CoverRequest, Plan] = OrderedDict()
         self._max_plans = 4096
+        self._paths: dict[str, Path | None] = {}  # style name -> resolved adapter file
+        self._keys: dict[tuple[object, ...], str] = {}  # (prompts, seed, settings, adapters) -> cache key
 
     def without_cache(self) -> CoverMaker:
         """The same maker with the result cache switched off (for checks and benchmarks)."""
@@ -144,6 +147,7 @@ class CoverMaker:
         """Swap in a reloaded style library (admin ReloadStyles)."""
         self.library, self.resolver, self.prompts = library, resolver, prompts
         self._plans.clear()
+        self._paths.clear()
 
     def plan(self, request: CoverRequest) -> Plan:
         """Validate and decide everything that does not need the model (memoised per request)."""
@@ -204,11 +208,27 @@ class CoverMaker:
         return [
             (AdapterSource(card.name, path), item.weight)
             for card, item in zip(plan.cards, plan.stack, strict=True)
-            if item.weight > 0 and (path := self.library.adapter_path(card)) is not None
+            if item.weight > 0 and (path := self._adapter_path(card)) is not None
         ]
+
+    def _adapter_path(self, card: StyleCard) -> Path | None:
+        # resolving the path (symlinks, the styles-root check) was ~30% of a cache hit (cProfile);
+        # it changes only with the library, so it is kept until replace_styles
+        if card.name not in self._paths:
+            self._paths[card.name] = self.library.adapter_path(card)
+        return self._paths[card.name]
 
     def key_of(self, plan: Plan, applied: Sequence[AppliedAdapter]) -> str:
         """The result-cache key of a plan painted with `applied` (adapter versions included)."""
+        memo = (plan.prompt, plan.negative_prompt, plan.seed, plan.settings, tuple(applied))
+        key = self._keys.get(memo)
+        if key is None:  # canonical JSON + sha256 per hit, otherwise
+            key = self._keys[memo] = self._cache_key(plan, applied)
+            if len(self._keys) > self._max_plans:
+                del self._keys[next(iter(self._keys))]
+        return key
+
+    def _cache_key(self, plan: Plan, applied: Sequence[AppliedAdapter]) -> str:
         return cache_key(
             {
                 "base": self.base_model_id,

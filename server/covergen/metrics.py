@@ -28,6 +28,10 @@ Exposed series (every name starts with `covergen_`):
     prepare_stream_lag, prepare_pending       gauges, jobs not yet taken / taken, not acknowledged
     prepare_oldest_job_age_seconds            gauge, age of the oldest job still on the stream
     prepare_dead_letters                      gauge, entries on the dead-letter stream
+    hot covers (issue 12, hot_covers.py):
+    hot_cache_requests_total{outcome}         counter, in-process lookups: hit / miss
+    hot_cache_evictions_total                 counter, covers pushed out by the byte bound
+    hot_cache_entries, hot_cache_bytes        gauges
     build_info{version,base_model,device}     always 1
 """
 
@@ -202,6 +206,7 @@ class Metrics:
         for reason in ("deadline", "cancelled"):
             self._cancelled.labels(reason=reason)
         self._init_feed_metrics(r)
+        self._init_hot_metrics(r)
         build = Info("covergen_build", "Version, base model and device of this server.",
                      registry=r)  # fmt: skip
         build.info({"version": version, "base_model": base_model, "device": device})
@@ -267,6 +272,30 @@ class Metrics:
         self._adapters_resident.set(count)
 
     # -- feed-time serving (issue 16) ---------------------------------------------------------
+
+    # -- hot covers (issue 12) ------------------------------------------------------------------
+
+    def _init_hot_metrics(self, r: CollectorRegistry) -> None:
+        self._hot_requests = Counter(
+            "covergen_hot_cache_requests", "In-process hot-cover lookups by outcome.", ["outcome"], registry=r
+        )
+        self._hot_evictions = Counter(
+            "covergen_hot_cache_evictions", "Hot covers pushed out by the byte bound.", registry=r
+        )
+        self._hot_entries = Gauge("covergen_hot_cache_entries", "Covers held in the hot cache.", registry=r)
+        self._hot_bytes = Gauge("covergen_hot_cache_bytes", "Bytes held in the hot cache.", registry=r)
+        self._hot_hit = self._hot_requests.labels(outcome="hit")  # bound once: the hit path is hot
+        self._hot_miss = self._hot_requests.labels(outcome="miss")
+
+    def observe_hot_lookup(self, hit: bool) -> None:
+        (self._hot_hit if hit else self._hot_miss).inc()
+
+    def count_hot_evictions(self, count: int) -> None:
+        self._hot_evictions.inc(count)
+
+    def set_hot_size(self, entries: int, nbytes: int) -> None:
+        self._hot_entries.set(entries)
+        self._hot_bytes.set(nbytes)
 
     def _init_feed_metrics(self, r: CollectorRegistry) -> None:
         self._arm_requests = Counter(

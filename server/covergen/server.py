@@ -34,6 +34,7 @@ from covergen.engine.speedups import apply_speedups
 from covergen.engine.step_batcher import StepEngine
 from covergen.errors import ConfigError
 from covergen.feed.parts import FeedParts, build_feed
+from covergen.hot_covers import HotCoverObserver, HotCovers
 from covergen.metrics import Metrics
 from covergen.models import LoadedBase, load_base_model
 from covergen.painters import LocalPainter, Painter
@@ -51,7 +52,7 @@ from covergen.v1 import cover_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 
-class _MetricsObserver(EngineObserver, RegistryObserver):
+class _MetricsObserver(EngineObserver, RegistryObserver, HotCoverObserver):
     """Forwards engine and registry events to Prometheus."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -74,6 +75,15 @@ class _MetricsObserver(EngineObserver, RegistryObserver):
 
     def resident_count(self, count: int) -> None:
         self.metrics.set_adapters_resident(count)
+
+    def hot_lookup(self, hit: bool) -> None:
+        self.metrics.observe_hot_lookup(hit)
+
+    def hot_evicted(self, count: int) -> None:
+        self.metrics.count_hot_evictions(count)
+
+    def hot_size(self, entries: int, nbytes: int) -> None:
+        self.metrics.set_hot_size(entries, nbytes)
 
 
 def load_styles(styles_dir: Path, count_tokens: object | None = None, translator: object | None = None):
@@ -286,6 +296,7 @@ async def build_front(
             lock_ttl_s=settings.cache_lock_ttl_s,
             socket_timeout_s=settings.redis_timeout_s,
             connect_timeout_s=settings.redis_timeout_s,
+            hot=HotCovers(settings.hot_cache_bytes, _MetricsObserver(metrics)) if settings.hot_cache_bytes else None,
         )
     limits = Limits(
         max_title_bytes=settings.max_title_bytes,

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     embedded_redis_maxmemory: str = "256mb"
     redis_timeout_s: float = Field(0.1, gt=0.0, le=10.0)
+    hot_cache_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="in-process cache of covers read more than once, in front of Redis (bytes; 0: off)",
+    )
 
     cache_lock_ttl_s: float = Field(
         120.0, gt=0.0, description="a replica's generation lock; longer than the slowest cover, or two paint it"
