@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,21 +62,39 @@ def redis_server() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-async def service(styles_dir: Path, redis_server, model_cache_dir: Path) -> AsyncIterator[object]:
-    """A real covergen server on a free loopback port, cache on the session's Redis."""
-    from covergen.server import start_service
+def make_settings(model_cache_dir: Path) -> Callable[..., object]:
+    """Build the `Settings` of a test server; keyword arguments override the defaults.
+
+    Defaults: loopback host, free gRPC and metrics ports, the repo's model cache, CPU fp32, and
+    no cache unless a `redis_url` is passed (so no test starts an embedded Redis by accident).
+    """
     from covergen.settings import Settings
 
-    settings = Settings(
+    def make(**overrides: Any) -> Settings:
+        fields: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "grpc_port": 0,
+            "metrics_port": 0,
+            "cache_dir": model_cache_dir,
+            "device": "cpu",
+            "dtype": "fp32",
+        }
+        if "redis_url" not in overrides:
+            fields["cache_enabled"] = False
+        return Settings(**{**fields, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+async def service(styles_dir: Path, redis_server, make_settings) -> AsyncIterator[object]:
+    """A real covergen server on a free loopback port, cache on the session's Redis."""
+    from covergen.server import start_service
+
+    settings = make_settings(
         base_model="embedded",  # the random tiny model: fast, and what the equivalence tests use
-        host="127.0.0.1",
-        grpc_port=0,
-        metrics_port=0,
         styles_dir=styles_dir,
-        cache_dir=model_cache_dir,
         redis_url=redis_server.url,
-        device="cpu",
-        dtype="fp32",
         default_steps=4,
         max_size=256,
         max_batch=4,

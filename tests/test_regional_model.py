@@ -224,22 +224,15 @@ def test_spring_overlay_lightens_a_dark_scene(painter, adapted_covers: dict[str,
 
 
 @pytest.fixture(scope="module")
-async def regional_stub(redis_server, model_cache_dir: Path):
+async def regional_stub(redis_server, make_settings):
     """A real server on the defaults a newcomer gets (regional base, committed adapters)."""
     import grpc
 
     from covergen.server import start_service
-    from covergen.settings import Settings
     from covergen.v1 import cover_pb2_grpc
 
-    settings = Settings(
-        host="127.0.0.1",
-        grpc_port=0,
-        metrics_port=0,
-        cache_dir=model_cache_dir,
+    settings = make_settings(
         redis_url=redis_server.url,
-        device="cpu",
-        dtype="fp32",
         max_batch=4,
         max_wait_ms=2.0,
         drain_grace_s=1.0,

@@ -7,9 +7,10 @@ import datetime
 import ipaddress
 import math
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -123,13 +124,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return made
 
 
-async def _tls_service(pki: Pki, styles_dir: Path, cache_dir: Path, mutual: bool) -> object:
+async def _tls_service(pki: Pki, styles_dir: Path, make_settings: Callable[..., Any], mutual: bool) -> object:
     from covergen.server import start_service
-    from covergen.settings import Settings
 
-    settings = Settings(
-        host="127.0.0.1", grpc_port=0, metrics_port=0, styles_dir=styles_dir, cache_dir=cache_dir,
-        cache_enabled=False, device="cpu", dtype="fp32", default_steps=2,
+    settings = make_settings(
+        styles_dir=styles_dir, default_steps=2,
         tls_cert=pki.folder / "server.pem", tls_key=pki.folder / "server.key",
         tls_client_ca=pki.folder / "ca.pem" if mutual else None,
     )  # fmt: skip
@@ -137,15 +136,15 @@ async def _tls_service(pki: Pki, styles_dir: Path, cache_dir: Path, mutual: bool
 
 
 @pytest.fixture(scope="module")
-async def tls_service(pki: Pki, styles_dir: Path, model_cache_dir: Path) -> AsyncIterator[object]:
-    service = await _tls_service(pki, styles_dir, model_cache_dir, mutual=False)
+async def tls_service(pki: Pki, styles_dir: Path, make_settings: Callable[..., Any]) -> AsyncIterator[object]:
+    service = await _tls_service(pki, styles_dir, make_settings, mutual=False)
     yield service
     await service.stop(1.0)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
-async def mtls_service(pki: Pki, styles_dir: Path, model_cache_dir: Path) -> AsyncIterator[object]:
-    service = await _tls_service(pki, styles_dir, model_cache_dir, mutual=True)
+async def mtls_service(pki: Pki, styles_dir: Path, make_settings: Callable[..., Any]) -> AsyncIterator[object]:
+    service = await _tls_service(pki, styles_dir, make_settings, mutual=True)
     yield service
     await service.stop(1.0)  # type: ignore[attr-defined]
 
