@@ -60,6 +60,7 @@ from peft import LoraConfig  # noqa: E402
 from peft.utils import get_peft_model_state_dict  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+import trainer.loop as loop_module  # noqa: E402
 import trainer.train as train_module  # noqa: E402
 from covergen.models import LoadedBase  # noqa: E402
 from loadtest.bench_engine import build_pipeline  # noqa: E402
@@ -155,7 +156,7 @@ def run_covergen(base: LoadedBase, config: TrainConfig) -> Run:
     """`trainer.train.train` on `base`, timing each step at its call to `denoising_loss`."""
     starts: list[float] = []
     cpu: list[float] = []
-    real_loss = train_module.denoising_loss
+    real_loss = loop_module.denoising_loss
     real_load = train_module.load_base
 
     def timed_loss(*args: object, **kwargs: object) -> torch.Tensor:
@@ -163,14 +164,14 @@ def run_covergen(base: LoadedBase, config: TrainConfig) -> Run:
         cpu.append(time.thread_time())
         return real_loss(*args, **kwargs)  # type: ignore[arg-type]
 
-    train_module.denoising_loss = timed_loss  # type: ignore[assignment]
+    loop_module.denoising_loss = timed_loss  # type: ignore[assignment]
     train_module.load_base = lambda spec, *, device: base  # type: ignore[assignment]
     try:
         started, started_cpu = time.perf_counter(), time.thread_time()
         result = train_module.train(config, show_progress=False)
         wall, cpu_s = time.perf_counter() - started, time.thread_time() - started_cpu
     finally:
-        train_module.denoising_loss = real_loss
+        loop_module.denoising_loss = real_loss
         train_module.load_base = real_load
     assert result.global_step == config.max_train_steps
     return Run("covergen", wall, starts, cpu_s=cpu_s, step_cpu=cpu)
