@@ -85,9 +85,18 @@ def stripes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(stripes: Path) -> TrainResult:
+def run_events(stripes: Path) -> tuple[TrainResult, list[tuple[str, dict[str, object]]]]:
+    """The module's one full run, with every progress event it sent to `on_event`."""
     out = stripes.parent / "run1"
-    return train(make_config(base_settings(stripes, out), stripes.parent), show_progress=False)
+    events: list[tuple[str, dict[str, object]]] = []
+    config = make_config(base_settings(stripes, out), stripes.parent)
+    result = train(config, show_progress=False, on_event=lambda kind, fields: events.append((kind, fields)))
+    return result, events
+
+
+@pytest.fixture(scope="module")
+def run(run_events: tuple[TrainResult, list[tuple[str, dict[str, object]]]]) -> TrainResult:
+    return run_events[0]
 
 
 def test_training_lowers_held_out_loss(run: TrainResult) -> None:
@@ -110,6 +119,29 @@ def test_run_writes_checkpoints_logs_samples(run: TrainResult, stripes: Path) ->
     assert len(list((run.output_dir / "cache").glob("*.safetensors"))) == len(distinct)
     summary = json.loads((run.output_dir / "training.json").read_text())
     assert summary["global_step"] == STEPS and len(summary["losses"]) == STEPS
+
+
+def test_progress_events_tell_the_whole_run_and_tensorboard_hears_them(
+    run_events: tuple[TrainResult, list[tuple[str, dict[str, object]]]],
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, events = run_events
+    json.dumps(events)  # the CLI writes them as JSON lines
+    assert events[0] == ("start", {"step": 0, "total_steps": STEPS, "batches_per_epoch": 4})
+    assert events[-1] == ("done", {"step": STEPS})
+    steps = [fields for kind, fields in events if kind == "step"]
+    assert [f["step"] for f in steps] == list(range(1, STEPS + 1))
+    assert [f["loss"] for f in steps] == run.losses
+    assert {f["step"]: f["loss"] for kind, f in events if kind == "validation"} == run.validation_losses
+    samples = [fields for kind, fields in events if kind == "samples"]
+    assert [(f["step"], f["epoch"]) for f in samples] == [(s, s // 4) for s in sorted(run.validation_losses)]
+    assert all(Path(str(f["path"])).is_file() for f in samples)
+
+    logs = EventAccumulator(str(run.output_dir / "logs"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    assert [e.value for e in logs.Scalars("train/loss")] == pytest.approx(run.losses)  # float32 in the file
+    assert [e.step for e in logs.Scalars("validation/loss")] == sorted(run.validation_losses)
+    assert [e.step for e in logs.Images("samples")] == [f["step"] for f in samples]
 
 
 def test_resume_continues_the_same_curve(run: TrainResult, stripes: Path) -> None:
