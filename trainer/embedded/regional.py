@@ -38,7 +38,10 @@ from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from covergen.models.cache import default_cache_dir, publish_directory, staging_dir
+from covergen.models.loading import COVERGEN_JSON
 from covergen.models.tiny import EMBEDDED_SEED, REGIONAL_DIR, build_tiny_pipeline, tiny_unet, tiny_vae
+from trainer.latents import CaptionEncoder
+from trainer.loss import training_target
 from trainer.scenes.captions import CaptionWriter
 from trainer.scenes.dataset import base_scene
 from trainer.scenes.render import REGIONAL_STYLES
@@ -46,7 +49,6 @@ from trainer.scenes.render import REGIONAL_STYLES
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-COVERGEN_JSON = "covergen.json"  # covergen's own facts about a base model, beside model_index.json
 
 
 @dataclass(frozen=True)
@@ -150,19 +152,10 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_texts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str]) -> torch.Tensor:
-    """Frozen CLIP hidden states of `texts`: [n, 77, 32]."""
-    out = []
-    for start in range(0, len(texts), 256):
-        ids = tokenizer(
-            texts[start : start + 256],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        out.append(text_encoder(ids)[0])
-    return torch.cat(out)
+def encode_texts(encoder: CaptionEncoder, texts: list[str]) -> torch.Tensor:
+    """Frozen CLIP hidden states of `texts`: [n, 77, 32], through the trainer's caption encoder
+    in chunks of 256 (the chunking the committed model was built with)."""
+    return torch.cat([encoder.encode(texts[start : start + 256]) for start in range(0, len(texts), 256)])
 
 
 def caption_embeddings(
@@ -170,8 +163,9 @@ def caption_embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings of `texts` and of what a dropped caption becomes: the empty prompt or one of the
     negative prompts the service sends (classifier-free guidance sees both at serving time)."""
+    encoder = CaptionEncoder(tokenizer, text_encoder)
     negatives = ["", *sorted({captions.served_negative(style) for style in (*REGIONAL_STYLES, "default")})]
-    return encode_texts(tokenizer, text_encoder, texts), encode_texts(tokenizer, text_encoder, negatives)
+    return encode_texts(encoder, texts), encode_texts(encoder, negatives)
 
 
 def train_unet(
@@ -209,10 +203,7 @@ def train_unet(
             0, scheduler.config["num_train_timesteps"], (recipe.unet_batch,), generator=generator
         )
         noisy = scheduler.add_noise(clean, noise, timesteps)  # type: ignore[arg-type]  # long timesteps, as diffusers does
-        if scheduler.config["prediction_type"] == "v_prediction":
-            target = scheduler.get_velocity(clean, noise, timesteps)  # type: ignore[arg-type]
-        else:
-            target = noise
+        target = training_target(scheduler, clean, noise, timesteps)  # epsilon or v, as the trainer
         predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
         loss = F.mse_loss(predicted, target)
         optimizer.zero_grad(set_to_none=True)
@@ -346,54 +337,6 @@ def save_regional_model(pipeline: StableDiffusionPipeline, target: Path, facts: 
     return target
 
 
-SHEET_REGIONS = (
-    ("hangzhou", "杭州"),
-    ("suzhou", "苏州"),
-    ("chengdu", "成都"),
-    ("chongqing", "重庆"),
-    ("beijing", "北京"),
-    ("guangzhou", "广州"),
-    ("xiamen", "厦门"),
-    ("harbin", "哈尔滨"),
-    ("shanghai", "上海"),
-)
-SHEET_THEMES = (
-    ("hangzhou + rain", "杭州", "下雨"),
-    ("hangzhou + ink", "杭州", "水墨"),
-    ("chengdu + spring", "成都", "春天"),
-)
-
-
-def render_contact_sheet(model: Path, styles_dir: Path, out: Path, seeds: int = 4) -> Path:
-    """A PNG grid: one row per region (and per region + theme), `seeds` covers each, 2x upscaled,
-    with the drawn-scene classifier's verdict under every cover. Covers are painted as the service
-    paints them: the region's prompt and its stack of the adapters found in `styles_dir`."""
-    from PIL import Image, ImageDraw
-
-    from covergen.models.loading import load_base_model
-    from trainer.embedded.regional_check import RegionPainter
-    from trainer.scenes.classifier import classify
-
-    base = load_base_model(str(model), cache_dir=default_cache_dir(), device="cpu", dtype="fp32")
-    adapters = {path.parent.name: path for path in sorted(styles_dir.glob("*/adapter.safetensors"))}
-    painter = RegionPainter(base, styles_dir, adapters)
-    rows: list[tuple[str, str, tuple[str, ...]]] = [(label, region, ()) for label, region in SHEET_REGIONS]
-    rows += [(label, region, (theme,)) for label, region, theme in SHEET_THEMES]
-    cell, label_width, caption = 128, 130, 12
-    sheet = Image.new("RGB", (label_width + seeds * cell, len(rows) * (cell + caption)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for row, (label, region, themes) in enumerate(rows):
-        top = row * (cell + caption)
-        draw.text((4, top + cell // 2), label, fill="black")
-        for column, image in enumerate(painter.paint(region, range(seeds), themes=themes, adapters=True)):
-            left = label_width + column * cell
-            sheet.paste(Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST), (left, top))
-            draw.text((left + 2, top + cell), classify(image)[:18], fill="black")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the embedded regional base model.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -453,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sheet":
         torch.set_num_threads(args.threads)
+        from trainer.embedded.contact_sheet import render_contact_sheet
+
         print(f"wrote {render_contact_sheet(args.model, args.styles_dir, args.out)}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -49,9 +49,12 @@ class LoadedBase:
     zero_mean_noise: bool = False  # covergen.json asks the Denoiser for zero-mean starting noise
 
 
+COVERGEN_JSON = "covergen.json"  # covergen's own facts about a base model, beside model_index.json
+
+
 def _wants_zero_mean_noise(root: Path) -> bool:
     """`zero_mean_noise` from `covergen.json` beside `model_index.json`; False without the file."""
-    facts = root / "covergen.json"
+    facts = root / COVERGEN_JSON
     return facts.is_file() and bool(json.loads(facts.read_text(encoding="utf-8")).get("zero_mean_noise", False))
 
 
