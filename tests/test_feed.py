@@ -99,26 +99,19 @@ def feed_redis() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 async def feed_service(
-    styles_dir: Path, feed_redis: Any, model_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    styles_dir: Path, feed_redis: Any, make_settings: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Any]:
     from covergen.server import start_service
-    from covergen.settings import Settings
 
     styles = tmp_path_factory.mktemp("feed") / "styles"
     shutil.copytree(styles_dir, styles)
     (styles / BROKEN / "adapter.safetensors").unlink()
     records = _Records()
     logging.getLogger("covergen.feed").addHandler(records)
-    settings = Settings(
+    settings = make_settings(
         base_model="embedded",
-        host="127.0.0.1",
-        grpc_port=0,
-        metrics_port=0,
         styles_dir=styles,
-        cache_dir=model_cache_dir,
         redis_url=feed_redis.url,
-        device="cpu",
-        dtype="fp32",
         default_steps=4,
         max_batch=4,
         max_wait_ms=2.0,
