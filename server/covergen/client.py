@@ -3,6 +3,7 @@
 covergen cover --region 杭州 --title "西湖边的早茶新店开张" -o cover.png
 covergen styles
 covergen resolve 成都
+covergen prepare --title "西湖边的早茶新店开张" [--regions 杭州,苏州] [--file titles.txt]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from covergen import prepare_client
 from covergen.v1 import cover_pb2 as pb
 from covergen.v1 import cover_pb2_grpc as pb_grpc
 
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("styles", help="list the server's styles")
     resolve = sub.add_parser("resolve", help="show how a geo tag resolves")
     resolve.add_argument("region")
+    prepare_client.add_parser(sub)
     return parser
 
 
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "cover":
                 return _cover(stub, args)
+            if args.command == "prepare":
+                return prepare_client.run(stub, args)
             if args.command == "styles":
                 for s in stub.ListStyles(pb.ListStylesRequest(), timeout=args.timeout).styles:
                     flag = "resident" if s.resident else ""
