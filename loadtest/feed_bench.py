@@ -127,9 +127,7 @@ async def _backlog_phase(stub: pb_grpc.CoverServiceStub, args: argparse.Namespac
     }
 
 
-async def _prepare_phase(
-    stub: pb_grpc.CoverServiceStub, args: argparse.Namespace, miss_ms: float
-) -> dict[str, Any]:
+async def _prepare_phase(stub: pb_grpc.CoverServiceStub, args: argparse.Namespace) -> dict[str, Any]:
     request = pb.PrepareCoversRequest(title=args.prepare_title, steps=args.steps)
     started = time.perf_counter()
     report = await stub.PrepareCovers(request, timeout=600)

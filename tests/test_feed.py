@@ -65,14 +65,20 @@ class GatedDenoiser:
 @contextlib.contextmanager
 def held_engine(service: Any) -> Iterator[threading.Event]:
     """Hold the engine's worker before its next batch until the yielded event is set."""
+    with gated_denoiser(service) as gated:
+        yield gated._gate
+
+
+@contextlib.contextmanager
+def gated_denoiser(service: Any) -> Iterator[GatedDenoiser]:
     engine = service.engine
-    gate = threading.Event()
     inner = engine.denoiser
-    engine.denoiser = GatedDenoiser(inner, gate)
+    gated = GatedDenoiser(inner, threading.Event())
+    engine.denoiser = gated
     try:
-        yield gate
+        yield gated
     finally:
-        gate.set()
+        gated._gate.set()
         engine.denoiser = inner
 
 
@@ -245,6 +251,35 @@ async def test_unusable_adapter_gets_the_default_standing_cover_and_is_listed(
     with pytest.raises(grpc.aio.AioRpcError) as failed:  # without a budget: the honest error, as before
         await cover(feed, region="厦门", title="红砖古厝开放日0")
     assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_engine_admits_live_then_background_then_prepare_jobs(feed_service: Any) -> None:
+    from covergen.engine.denoise import BACKGROUND, LIVE, PREPARE, CoverJob, Priority
+
+    engine = feed_service.engine
+    finished: list[str] = []
+
+    async def run(name: str, priority: int | Priority, steps: int) -> None:
+        # distinct steps: distinct batch keys, so each job is its own batch and order is visible
+        held = priority if isinstance(priority, Priority) else Priority(priority)
+        await engine.submit(CoverJob("a cover", "", 1, 64, 64, steps, 5.0, priority=held))
+        finished.append(name)
+
+    with gated_denoiser(feed_service) as gated:
+        plug = asyncio.create_task(run("plug", LIVE, 1))
+        await asyncio.to_thread(gated.entered.wait, WAIT_S)  # the worker holds the plug's batch
+        queued = [
+            asyncio.create_task(run(name, priority, steps))
+            for name, priority, steps in (("prepare", PREPARE, 2), ("background", BACKGROUND, 3), ("live", LIVE, 4))
+        ]
+        await until(lambda: engine.depth >= 4, "all three jobs to be queued behind the plug")
+        lowered = Priority(LIVE)
+        demoted = asyncio.create_task(run("demoted", lowered, 5))
+        await until(lambda: engine.depth >= 5, "the job to be demoted to be queued")
+        lowered.demote(PREPARE)  # while it waits, as a budgeted call does when it answers early
+        gated._gate.set()
+        await asyncio.gather(plug, *queued, demoted)
+    assert finished == ["plug", "live", "background", "prepare", "demoted"]
 
 
 # ---- A/B arms ---------------------------------------------------------------------------------
