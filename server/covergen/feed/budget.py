@@ -122,6 +122,7 @@ class FeedCovers:
 
     async def make(self, request: FeedRequest, deadline: float | None = None) -> Cover:
         """The cover (or fallback) for `request`; `deadline` is a time.monotonic() value or None."""
+        answer_by = time.monotonic() + request.budget_ms / 1000  # the budget counts from arrival
         if not 0 <= request.budget_ms <= self.max_budget_ms:
             raise InvalidRequest(
                 f"budget_ms {request.budget_ms} is above the limit of {self.max_budget_ms} ms "
@@ -132,21 +133,22 @@ class FeedCovers:
         if request.budget_ms == 0:
             cover = await self.maker.make(cover_request, deadline)
         else:
-            cover = await self._within_budget(cover_request, request.budget_ms / 1000, deadline)
+            answer_by = answer_by if deadline is None else min(answer_by, deadline)
+            cover = await self._within_budget(cover_request, request.budget_ms / 1000, answer_by)
         self.metrics.count_arm(arm)
         if cover.fallback:
             self.metrics.count_fallback(cover.fallback_reason, arm)
         return cover
 
-    async def _within_budget(self, request: CoverRequest, budget_s: float, deadline: float | None) -> Cover:
+    async def _within_budget(self, request: CoverRequest, budget_s: float, answer_by: float) -> Cover:
         plan = self.maker.plan(request)  # bad input fails here, before any work
         styles = [item.style for item in plan.stack if item.weight > 0]
         unusable = self.health.first_unusable(styles)
         if unusable is not None:
             self.health.count(unusable[0])
             return await self._fallback(request, plan, "adapter_unavailable")
-        limit = budget_s if deadline is None else min(budget_s, deadline - time.monotonic())
-        wait_s = max(0.0, limit - min(_RESERVE_S, limit * 0.1))
+        # planning the title above came out of the budget too
+        wait_s = max(0.0, answer_by - time.monotonic() - min(_RESERVE_S, budget_s * 0.1))
         priority = Priority()
         task = self.background.start(self.maker.make(request, None, priority=priority), styles)
         chosen = asyncio.create_task(self.chooser.choose(request, plan, "budget", request.arm))
