@@ -41,45 +41,25 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
-class GatedDenoiser:
-    """Forwards to the engine's Denoiser, but every call from the engine waits for `gate`."""
+@contextlib.asynccontextmanager
+async def held_engine(service: Any) -> AsyncIterator[threading.Event]:
+    """Hold the engine's worker (before its next admission or step) until the yielded event is set.
 
-    def __init__(self, inner: Any, gate: threading.Event) -> None:
-        self._inner = inner
-        self._gate = gate
-        self.entered = threading.Event()
+    `Engine.run_on_worker` runs a task on the worker thread before it admits or steps again; this
+    task waits at the gate, so nothing is painted while the test builds its backlog.
+    """
+    gate, entered = threading.Event(), threading.Event()
 
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._inner, name)
-        if not callable(value):
-            return value
+    def hold() -> None:
+        entered.set()
+        gate.wait(WAIT_S)
 
-        def gated(*args: Any, **kwargs: Any) -> Any:
-            self.entered.set()
-            self._gate.wait(WAIT_S)
-            return value(*args, **kwargs)
-
-        return gated
-
-
-@contextlib.contextmanager
-def held_engine(service: Any) -> Iterator[threading.Event]:
-    """Hold the engine's worker before its next batch until the yielded event is set."""
-    with gated_denoiser(service) as gated:
-        yield gated._gate
-
-
-@contextlib.contextmanager
-def gated_denoiser(service: Any) -> Iterator[GatedDenoiser]:
-    engine = service.engine
-    inner = engine.denoiser
-    gated = GatedDenoiser(inner, threading.Event())
-    engine.denoiser = gated
+    service.engine.run_on_worker(hold)
+    await asyncio.to_thread(entered.wait, WAIT_S)
     try:
-        yield gated
+        yield gate
     finally:
-        gated._gate.set()
-        engine.denoiser = inner
+        gate.set()
 
 
 async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str) -> None:
@@ -162,7 +142,7 @@ async def test_budget_answers_with_a_fallback_under_a_backlog_then_the_cover_is_
     feed_service: Any, feed: pb_grpc.CoverServiceStub
 ) -> None:
     title = "西湖边的早茶新店开张"
-    with held_engine(feed_service) as gate:
+    async with held_engine(feed_service) as gate:
         backlog = [asyncio.create_task(cover(feed, region="成都", title=f"火锅节第{i}天")) for i in range(3)]
         await until(lambda: feed_service.engine.depth >= 3, "the backlog to reach the engine")
         reply = await cover(feed, region="杭州", title=title, budget_ms=300)
@@ -189,7 +169,7 @@ async def test_budget_answers_with_a_fallback_under_a_backlog_then_the_cover_is_
 async def test_full_queue_with_a_budget_is_an_overloaded_fallback(
     feed_service: Any, feed: pb_grpc.CoverServiceStub
 ) -> None:
-    with held_engine(feed_service):
+    async with held_engine(feed_service):
         flood = [asyncio.create_task(cover(feed, region="北京", title=f"胡同早餐{i}")) for i in range(12)]
 
         def queue_refused() -> bool:
@@ -210,7 +190,7 @@ async def test_fallback_order_broader_cached_level_then_standing(
     """广州 (city stack lingnan 0.9) -> 广东 (inherits 岭南: lingnan 0.8) -> 岭南 -> default."""
     title = "骑楼老街的夜市"
     default_cover = await cover(feed, region="不存在的地方", title=title)  # the default stack's cover
-    with held_engine(feed_service):
+    async with held_engine(feed_service):
         reply = await cover(feed, region="广州", title=title, budget_ms=200)
     assert reply.fallback and reply.image == default_cover.image, "a cached default beats standing covers"
     assert list(reply.adapters) == list(default_cover.adapters) and reply.prompt == default_cover.prompt
@@ -219,7 +199,7 @@ async def test_fallback_order_broader_cached_level_then_standing(
     title = "骑楼老街的早茶"
     await cover(feed, region="不存在的地方", title=title)
     province = await cover(feed, region="广东", title=title)
-    with held_engine(feed_service):
+    async with held_engine(feed_service):
         reply = await cover(feed, region="广州", title=title, budget_ms=200)
     assert reply.fallback and reply.image == province.image, "the province's cover beats the default's"
     assert [(a.name, round(a.weight, 3)) for a in reply.adapters] == [("lingnan_arcade", 0.8)]
@@ -257,29 +237,22 @@ async def test_engine_admits_live_then_background_then_prepare_jobs(feed_service
     from covergen.engine.denoise import BACKGROUND, LIVE, PREPARE, CoverJob, Priority
 
     engine = feed_service.engine
-    finished: list[str] = []
-
-    async def run(name: str, priority: int | Priority, steps: int) -> None:
-        # distinct steps: distinct batch keys, so each job is its own batch and order is visible
-        held = priority if isinstance(priority, Priority) else Priority(priority)
-        await engine.submit(CoverJob("a cover", "", 1, 64, 64, steps, 5.0, priority=held))
-        finished.append(name)
-
-    with gated_denoiser(feed_service) as gated:
-        plug = asyncio.create_task(run("plug", LIVE, 1))
-        await asyncio.to_thread(gated.entered.wait, WAIT_S)  # the worker holds the plug's batch
-        queued = [
-            asyncio.create_task(run(name, priority, steps))
-            for name, priority, steps in (("prepare", PREPARE, 2), ("background", BACKGROUND, 3), ("live", LIVE, 4))
-        ]
-        await until(lambda: engine.depth >= 4, "all three jobs to be queued behind the plug")
-        lowered = Priority(LIVE)
-        demoted = asyncio.create_task(run("demoted", lowered, 5))
-        await until(lambda: engine.depth >= 5, "the job to be demoted to be queued")
-        lowered.demote(PREPARE)  # while it waits, as a budgeted call does when it answers early
-        gated._gate.set()
-        await asyncio.gather(plug, *queued, demoted)
-    assert finished == ["plug", "live", "background", "prepare", "demoted"]
+    assert engine.max_batch == 4
+    jobs: dict[str, CoverJob] = {}
+    async with held_engine(feed_service) as gate:
+        order = [("p1", PREPARE), ("p2", PREPARE), ("p3", PREPARE),
+                 ("background", BACKGROUND), ("live", LIVE), ("demoted", LIVE)]  # fmt: skip
+        assert len(order) <= feed_service.settings.max_queue
+        for name, priority in order:  # submitted in this order: the prepare jobs are the oldest
+            jobs[name] = CoverJob("a cover", "", 1, 64, 64, 2, 5.0, priority=Priority(priority))
+        runs = [asyncio.create_task(engine.submit(job)) for job in jobs.values()]
+        await until(lambda: engine.depth >= len(jobs), "every job to be queued behind the gate")
+        jobs["demoted"].priority.demote(PREPARE)  # while it waits, as a budgeted call does
+        gate.set()
+        await asyncio.gather(*runs)
+    first = min(job.started_at or 0.0 for job in jobs.values())
+    admitted_first = {name for name, job in jobs.items() if job.started_at == first}
+    assert admitted_first == {"live", "background", "p1", "p2"}, "4 slots: best priority, then oldest"
 
 
 # ---- A/B arms ---------------------------------------------------------------------------------
