@@ -6,6 +6,7 @@
     ├── AdapterRejected           an adapter file failed checks    -> FAILED_PRECONDITION
     ├── Overloaded                admission queue full, or OOM     -> RESOURCE_EXHAUSTED
     ├── Draining                  server is shutting down          -> UNAVAILABLE
+    ├── BackendUnavailable        a store the call needs is down   -> UNAVAILABLE
     ├── DeadlineExceeded          client deadline passed           -> DEADLINE_EXCEEDED
     ├── Cancelled                 client went away                 -> CANCELLED
     ├── Unauthenticated           admin RPC without a valid token  -> UNAUTHENTICATED
@@ -42,6 +43,10 @@ class Overloaded(CovergenError):
 
 class Draining(CovergenError):
     """The server is shutting down and takes no new work."""
+
+
+class BackendUnavailable(CovergenError):
+    """A store the call cannot do without (the prepare queue's Redis) is unreachable; retry later."""
 
 
 class DeadlineExceeded(CovergenError):

@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from covergen.errors import Draining
+from covergen.errors import BackendUnavailable
 
 T = TypeVar("T")
 PREFIX = "covergen:prepare:"
 
 
-class QueueUnavailable(Draining):
+class QueueUnavailable(BackendUnavailable):
     """The prepare queue's Redis cannot be reached (UNAVAILABLE); live serving is unaffected."""
 
 
