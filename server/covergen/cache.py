@@ -6,7 +6,8 @@
 - across replicas, the flight that misses takes a Redis lock (`SET lock:<key> <token> NX PX`);
   replicas that lose the race subscribe to `done:<key>` and read the value when the holder
   publishes, or take the lock over if it expires with no value (the holder died);
-- the holder stores the value with a TTL, then releases the lock with a compare-and-delete
+- the holder renews its lock while it generates (so only a dead holder's lock expires), stores
+  the value with a TTL, then releases the lock with a compare-and-delete
   script that also publishes `done:<key>`, so a late holder never deletes a successor's lock.
 
 Redis is an optimisation, never a dependency: every call has short socket and connect timeouts,
@@ -55,6 +56,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('DEL', KEYS[1])
     redis.call('PUBLISH', ARGV[2], '1')
     return 1
+end
+return 0
+"""
+
+# KEYS[1] = lock key; ARGV[1] = our token; ARGV[2] = new TTL in ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -229,6 +238,7 @@ class ResultCache:
             retry=Retry(NoBackoff(), 1),
         )
         self._release_script = self._redis.register_script(_RELEASE_AND_NOTIFY)
+        self._renew_script = self._redis.register_script(_RENEW)
         self._breaker = _OutageBreaker(_redacted(redis_url), breaker_cooldown_s, metrics, clock)
         self._flights: dict[str, _Flight] = {}
         self._hot = hot  # in-process covers read more than once (hot_covers.py); None: off
@@ -353,7 +363,12 @@ class ResultCache:
     async def _generate_and_store(
         self, key: str, generate: Callable[[], Awaitable[CachedCover]], token: str | None
     ) -> tuple[CachedCover, CacheOutcome]:
-        """Generate, store with the TTL, then release our lock (if we hold one)."""
+        """Generate, store with the TTL, then release our lock (if we hold one).
+
+        The lock is renewed while we generate, so only a holder that died lets it expire: a slow
+        generation (a long queue, a loaded host) is never painted a second time by another replica.
+        """
+        renewal = asyncio.create_task(self._keep_lock(key, token)) if token is not None else None
         try:
             cover = await generate()
             try:
@@ -362,9 +377,18 @@ class ResultCache:
             except _RedisUnavailable:
                 stored = False
         finally:
+            if renewal is not None:
+                renewal.cancel()
             if token is not None:
                 await self._release(key, token)
         return cover, CacheOutcome.MISS if stored else CacheOutcome.BYPASS
+
+    async def _keep_lock(self, key: str, token: str) -> None:
+        """Extend our lock to a full lock_ttl every third of it, while it still holds our token."""
+        while True:
+            await asyncio.sleep(self._lock_ttl_ms / 3000)
+            with contextlib.suppress(_RedisUnavailable):
+                await self._call(self._renew_script(keys=[_lock_key(key)], args=[token, self._lock_ttl_ms]))
 
     # -- Redis calls ------------------------------------------------------------------------
 
