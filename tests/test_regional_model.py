@@ -4,6 +4,7 @@ engine's Denoiser with the real regions table, style cards and prompt builder.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,8 @@ INK_SATURATION_DROP = 0.01  # 成都 saturation 0.504 -> 0.477 with 水墨: the 
 
 
 ADAPTER_FILES = {path.parent.name: path for path in sorted(STYLES.glob("*/adapter.safetensors"))}
+REGIONAL_DIR = Path(__file__).resolve().parents[1] / "server" / "covergen" / "embedded" / "regional-v2"
+TRAINED_AS = json.loads((REGIONAL_DIR / "covergen.json").read_text(encoding="utf-8"))["trained_as"]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +139,8 @@ def test_committed_adapters_were_trained_on_the_committed_base(regional_base) ->
     for name, path in ADAPTER_FILES.items():
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata()
-        assert metadata["ss_sd_model_hash"] == regional_base.content_id, name
+        # the id it had when they were trained (weights unchanged since; see covergen.json)
+        assert metadata["ss_sd_model_hash"] in (regional_base.content_id, TRAINED_AS), name
         assert metadata["ss_output_name"] == name
         assert int(metadata["ss_steps"]) > 0 and int(metadata["ss_num_train_images"]) > 0
 
@@ -278,3 +282,20 @@ async def test_service_defaults_paint_cities_of_one_macro_region_alike(regional_
 
     assert mean_gap(hangzhou, suzhou) < mean_gap(hangzhou, chengdu)
     assert mean_gap(hangzhou, suzhou) < mean_gap(suzhou, chengdu)
+
+
+def test_committed_folder_loads_and_paints_in_stock_diffusers() -> None:
+    """As a user would try it: `from_pretrained(folder)` with no arguments, then inference. Every
+    component comes up float32 (the weights are stored fp16); an fp16 text encoder beside an fp32
+    UNet failed here with "mat1 and mat2 must have the same dtype, but got Half and Float"."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(REGIONAL_DIR))
+    pipe.set_progress_bar_config(disable=True)
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    image = pipe(
+        "jiangnan style, a water town", num_inference_steps=2, height=64, width=64,
+        generator=torch.Generator().manual_seed(0), output_type="np",
+    ).images[0]  # fmt: skip
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()

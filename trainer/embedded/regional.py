@@ -327,9 +327,19 @@ def refine_regional_pipeline(
 
 
 def save_regional_model(pipeline: StableDiffusionPipeline, target: Path, facts: dict[str, object]) -> Path:
-    """Publish `pipeline` in fp16 safetensors at `target` with `covergen.json` holding `facts`."""
+    """Publish `pipeline` in fp16 safetensors at `target` with `covergen.json` holding `facts`.
+
+    Every component loads as float32 unless the loader asks for another dtype: diffusers does
+    that for the UNet and VAE by default, transformers follows the text encoder config's `dtype`,
+    which is set back to float32 so a stock `from_pretrained(folder)` does not pair an fp16 text
+    encoder with an fp32 UNet ("Half and Float" at inference). The stored values are fp16 either way.
+    """
     staging = staging_dir(target)
     pipeline.to(dtype=torch.float16).save_pretrained(staging, safe_serialization=True)
+    text_config = staging / "text_encoder" / "config.json"
+    config = json.loads(text_config.read_text(encoding="utf-8"))
+    config["dtype"] = "float32"
+    text_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (staging / COVERGEN_JSON).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if target.exists():
         raise FileExistsError(f"{target} exists; remove it to rebuild the regional model")
@@ -369,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         torch.set_num_threads(args.threads)
         facts = json.loads((args.model / COVERGEN_JSON).read_text(encoding="utf-8"))
+        for key in ("trained_as", "trained_as_note"):  # facts about that folder, not a refined one
+            facts.pop(key, None)
         recipe = RegionalRecipe(**facts["recipe"])
         stages = facts.get("refined", [])
         current = stages[-1].get("objective", recipe.objective) if stages else recipe.objective
