@@ -35,7 +35,7 @@ ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 # How far one cover may move with its batch-mates or LoRA path: float rounding only, which
 # differs between CPUs of one kind. Measured by `loadtest/batch_spread.py` (a probe alone vs in
 # batches of 1-8 with mixed or shared stacks, guidance 1-10, hooks and fused; the diffusers and
-# hand-fused cases below), with this CPU's AVX512 kernels and forced AVX2 and default kernels:
+# hand-fused cases below), with this CPU's AVX512 kernels and with AVX2 forced (ATEN_CPU_CAPABILITY):
 #   latents: worst 5.2e-3 (guidance 7.5); at most 1.0e-3 per unit of guidance (guidance 3);
 #            another machine of this kind failed the old 1e-3 bound with 2.1e-3 at guidance 7.5.
 #            diffusers' LoRA path and hand-fused weights: <= 6e-5. Latent std is ~2.
