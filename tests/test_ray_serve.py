@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -209,6 +210,43 @@ def test_two_painters_serve_four_regions_with_health_and_reflection(ray_serving:
     )
     services = {s.name for reply in listing for s in reply.list_services_response.service}
     assert {"covergen.v1.CoverService", "grpc.health.v1.Health"} <= services
+
+
+def _reflected_cover(target: str, region: str, title: str) -> Any:
+    """GenerateCover with no generated code: message types from the server's reflection only."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    ask = reflection_pb2.ServerReflectionRequest(file_containing_symbol="covergen.v1.CoverService")
+    (reply,) = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask]), timeout=30)
+    files = reply.file_descriptor_response.file_descriptor_proto
+    pending = [descriptor_pb2.FileDescriptorProto.FromString(raw) for raw in files]
+    pool, added = descriptor_pool.DescriptorPool(), set()
+    while pending:  # dependencies first, whatever order they came in
+        ready = [f for f in pending if set(f.dependency) <= added]
+        assert ready, f"reflection left dependencies unresolved: {[f.name for f in pending]}"
+        for f in ready:
+            pool.Add(f)
+            added.add(f.name)
+        pending = [f for f in pending if f.name not in added]
+    message = {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"covergen.v1.{name}"))
+        for name in ("GenerateCoverRequest", "GenerateCoverResponse")
+    }
+    call = channel.unary_unary(
+        "/covergen.v1.CoverService/GenerateCover",
+        request_serializer=message["GenerateCoverRequest"].SerializeToString,
+        response_deserializer=message["GenerateCoverResponse"].FromString,
+    )
+    return call(message["GenerateCoverRequest"](region=region, title=title), timeout=240)
+
+
+def test_a_reflection_only_client_gets_covers_and_served_by(ray_serving: RayServing) -> None:
+    painted = _reflected_cover(f"127.0.0.1:{ray_serving.port}", "杭州", "ray reflection only")
+    hit = _reflected_cover(f"127.0.0.1:{ray_serving.port}", "杭州", "ray reflection only")
+    assert painted.image.startswith(b"\x89PNG") and painted.served_by.startswith("covergen#Painter#")
+    assert (hit.served_by, hit.image) == ("cache", painted.image)
 
 
 def test_warm_requests_land_on_the_replica_holding_their_stack(ray_serving: RayServing) -> None:
