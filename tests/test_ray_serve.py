@@ -287,14 +287,14 @@ async def test_an_adapter_that_cannot_load_answers_like_the_single_process_serve
     ray_serving: RayServing,
     service,  # noqa: ANN001
 ) -> None:
+    from covergen.clip_tokens import clip_token_counter
     from covergen.covers import CoverMaker
     from covergen.errors import AdapterRejected
     from covergen.requests import CoverRequest
-    from covergen.server import _count_tokens, load_styles
+    from covergen.server import load_styles
 
-    library, resolver, prompts = load_styles(
-        ray_serving.styles_dir, _count_tokens(service.base.pipeline.tokenizer)
-    )
+    count_tokens = clip_token_counter(service.base.pipeline.tokenizer)
+    library, resolver, prompts = load_styles(ray_serving.styles_dir, count_tokens)
     local = CoverMaker(
         library=library,
         resolver=resolver,
