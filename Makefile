@@ -9,7 +9,7 @@ export DIFFUSERS_OFFLINE := 1
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto demo-adapters serve serve-ray test lint bench-engine bench-trainer bench-serving bench-gpu loadgen soak embedded-model regional-adapters contact-sheet clean-cache
+.PHONY: install proto demo-adapters serve serve-ray studio test lint bench-engine bench-trainer bench-serving bench-gpu loadgen soak embedded-model regional-adapters contact-sheet clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ serve: install demo-adapters
 # SIGTERM drains and stops everything it started (covergen.rayserve.cli).
 serve-ray: install demo-adapters
 	$(BIN)/covergen-ray
+
+# The training studio on 127.0.0.1:8600 (COVERGEN_STUDIO_PORT), over styles/, talking to the server
+# at COVERGEN_STUDIO_SERVER (default 127.0.0.1:50051; start it with `make serve`).
+studio: install
+	$(BIN)/pip install -q -e ".[studio]"
+	$(BIN)/covergen-studio
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
