@@ -60,6 +60,7 @@ def _templates() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"], default=True)
     )
+    env.filters["size"] = lambda n: f"{n / 1048576:g} MiB" if n >= 1048576 else f"{n // 1024} KiB"
     env.filters["duration"] = lambda s: "-" if s is None else f"{int(s // 60)}:{int(s % 60):02d}"
     return env
 

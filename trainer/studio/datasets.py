@@ -128,7 +128,7 @@ class DatasetStore:
                 out.write(chunk)
         if size > self.max_bytes:
             temp.unlink(missing_ok=True)
-            return UploadOutcome(original, None, f"larger than {self.max_bytes // (1024 * 1024)} MiB, the per-picture limit")
+            return UploadOutcome(original, None, f"larger than {self.max_bytes // 1024} KiB, the per-picture limit")
         try:
             with Image.open(temp) as image:
                 image.load()

@@ -34,6 +34,7 @@ FORM_KEYS: dict[str, tuple[str, str]] = {
     "device": ("设备 device", "text"),
     "init_lora": ("从已有适配器开始 init_lora (可空 optional)", "text?"),
     "sample_prompts": ("样图提示词 sample_prompts (每行一个 one per line)", "lines"),
+    "sample_steps": ("样图步数 sample_steps", "int"),
 }
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -55,7 +56,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     }),
 }
 DEFAULTS: dict[str, Any] = {"base_model": "embedded", "seed": 42, "device": "auto", "max_train_steps": None,
-                            "resolution": None, "init_lora": None, "sample_prompts": []}
+                            "resolution": None, "init_lora": None, "sample_prompts": [],
+                            "sample_steps": 20}
 
 
 def preset_values(name: str, styles_dir: Path) -> dict[str, Any]:
