@@ -97,13 +97,11 @@ def drill_styles(styles_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-async def drill_service(drill_styles: Path, drill_redis, model_cache_dir: Path) -> AsyncIterator[object]:
+async def drill_service(drill_styles: Path, drill_redis, make_settings) -> AsyncIterator[object]:
     from covergen.server import start_service
-    from covergen.settings import Settings
 
-    settings = Settings(
-        host="127.0.0.1", grpc_port=0, metrics_port=0, styles_dir=drill_styles, cache_dir=model_cache_dir,
-        redis_url=drill_redis.url, device="cpu", dtype="fp32", default_steps=2, max_size=256,
+    settings = make_settings(
+        styles_dir=drill_styles, redis_url=drill_redis.url, default_steps=2, max_size=256,
         max_batch=4, max_wait_ms=2.0, drain_grace_s=2.0, admin_token=ADMIN_TOKEN,
     )  # fmt: skip
     service = await start_service(settings)
@@ -459,15 +457,10 @@ def test_planning_requests_never_disturbs_the_engines_tokenizer(drill_service) -
 # --- overload -------------------------------------------------------------------------------------
 
 
-async def test_full_queue_refuses_at_once_and_serves_the_rest(styles_dir: Path, model_cache_dir: Path) -> None:
+async def test_full_queue_refuses_at_once_and_serves_the_rest(styles_dir: Path, make_settings) -> None:
     from covergen.server import start_service
-    from covergen.settings import Settings
 
-    settings = Settings(
-        host="127.0.0.1", grpc_port=0, metrics_port=0, styles_dir=styles_dir, cache_dir=model_cache_dir,
-        cache_enabled=False, device="cpu", dtype="fp32", default_steps=2, max_queue=1, max_batch=1,
-        max_wait_ms=0.0,
-    )  # fmt: skip
+    settings = make_settings(styles_dir=styles_dir, default_steps=2, max_queue=1, max_batch=1, max_wait_ms=0.0)
     service = await start_service(settings)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
