@@ -32,17 +32,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python loadtest/bench_gpu.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline  # noqa: E402
-from diffusers.schedulers.scheduling_lcm import LCMScheduler  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.schedulers.scheduling_lcm import LCMScheduler
+from torch import nn
 
-from covergen.adapters.files import LoraFactor, LoraWeights  # noqa: E402
-from covergen.engine.batcher import Engine  # noqa: E402
-from covergen.engine.denoise import CoverJob, Denoiser  # noqa: E402
-from covergen.engine.lora_layers import StackItem  # noqa: E402
-from covergen.engine.speedups import compile_unet  # noqa: E402
-from covergen.engine.step_batcher import StepEngine  # noqa: E402
+from covergen.adapters.files import LoraFactor, LoraWeights
+from covergen.engine.batcher import Engine
+from covergen.engine.denoise import CoverJob, Denoiser
+from covergen.engine.lora_layers import StackItem
+from covergen.engine.speedups import compile_unet
+from covergen.engine.step_batcher import StepEngine
 
 REPO = Path(__file__).resolve().parents[1]
 ADAPTED = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")

@@ -31,14 +31,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python loadtest/bench_serving.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc  # noqa: E402
+import grpc
 
-from covergen.v1 import cover_pb2 as pb  # noqa: E402
-from covergen.v1 import cover_pb2_grpc as pb_grpc  # noqa: E402
-from loadtest.loadgen import CHANNEL_OPTIONS, Budget, Shape, call_once, run_closed, run_open, warm_up  # noqa: E402
-from loadtest.servers import ServerProcess, free_port, wait_serving  # noqa: E402
-from loadtest.stats import RunStats, percentile  # noqa: E402
-from loadtest.workload import Workload  # noqa: E402
+from covergen.v1 import cover_pb2 as pb
+from covergen.v1 import cover_pb2_grpc as pb_grpc
+from loadtest.loadgen import CHANNEL_OPTIONS, Budget, Shape, call_once, run_closed, run_open, warm_up
+from loadtest.servers import ServerProcess, free_port, wait_serving
+from loadtest.stats import RunStats, percentile
+from loadtest.workload import Workload
 
 # Eight region tags with eight different adapter stacks under the shipped regions.yaml (the last
 # is unknown to the table: the default style, no adapter).

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the loadtest package
 
-from loadtest import bench_gpu  # noqa: E402
+from loadtest import bench_gpu
 
 
 def test_the_dry_run_prints_every_section_with_finite_ratios(capsys: pytest.CaptureFixture[str]) -> None:

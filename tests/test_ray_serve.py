@@ -93,7 +93,7 @@ def _wait_until_serving(serving: RayServing) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_serving(styles_dir: Path, redis_server, model_cache_dir: Path) -> Iterator[RayServing]:  # noqa: ANN001
+def ray_serving(styles_dir: Path, redis_server, model_cache_dir: Path) -> Iterator[RayServing]:
     from loadtest.servers import free_port
 
     temp_dir = Path(tempfile.mkdtemp(prefix="cgray-", dir="/tmp"))  # short: Ray's socket paths
@@ -146,7 +146,7 @@ def ray_serving(styles_dir: Path, redis_server, model_cache_dir: Path) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def cluster(ray_serving: RayServing):  # noqa: ANN201
+def cluster(ray_serving: RayServing):
     """This test process attached to the Ray cluster `covergen-ray` started (namespace serve)."""
     import ray
 
@@ -171,7 +171,7 @@ def _stack_id(reply: pb.GenerateCoverResponse) -> str:
     return stack_id([StackAdapter(a.name, Path(), a.version, a.weight) for a in reply.adapters])
 
 
-def _painter_handle(cluster):  # noqa: ANN001, ANN202
+def _painter_handle(cluster):
     from ray import serve
 
     from covergen.rayserve.app import APP_NAME, PAINTER
@@ -179,7 +179,7 @@ def _painter_handle(cluster):  # noqa: ANN001, ANN202
     return serve.get_deployment_handle(PAINTER, app_name=APP_NAME)
 
 
-def _counters(cluster) -> dict[str, int]:  # noqa: ANN001
+def _counters(cluster) -> dict[str, int]:
     from ray import serve
 
     from covergen.rayserve.app import APP_NAME, INGRESS
@@ -187,7 +187,7 @@ def _counters(cluster) -> dict[str, int]:  # noqa: ANN001
     return serve.get_deployment_handle(INGRESS, app_name=APP_NAME).counters.remote().result(timeout_s=60)
 
 
-def test_two_painters_serve_four_regions_with_health_and_reflection(ray_serving: RayServing, cluster) -> None:  # noqa: ANN001
+def test_two_painters_serve_four_regions_with_health_and_reflection(ray_serving: RayServing, cluster) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
     from ray import serve
 
@@ -259,7 +259,7 @@ def test_warm_requests_land_on_the_replica_holding_their_stack(ray_serving: RayS
     assert on_holder / len(warm) >= 0.9, [(region, r.served_by, holder[region]) for region, r in warm]
 
 
-async def test_pixels_match_the_single_process_server(ray_serving: RayServing, service) -> None:  # noqa: ANN001
+async def test_pixels_match_the_single_process_server(ray_serving: RayServing, service) -> None:
     from covergen.requests import CoverRequest
 
     request = {"region": "成都", "title": "ray 像素对照", "themes": ["rain"]}
@@ -274,7 +274,7 @@ async def test_pixels_match_the_single_process_server(ray_serving: RayServing, s
     assert diff <= MAX_PIXEL_DIFF
 
 
-def test_a_cache_hit_does_not_reach_a_painter(ray_serving: RayServing, cluster) -> None:  # noqa: ANN001
+def test_a_cache_hit_does_not_reach_a_painter(ray_serving: RayServing, cluster) -> None:
     stub = ray_serving.stub()
     painted = _cover(stub, "北京", "ray cache hit")
     before = _counters(cluster)
@@ -285,7 +285,7 @@ def test_a_cache_hit_does_not_reach_a_painter(ray_serving: RayServing, cluster) 
 
 async def test_an_adapter_that_cannot_load_answers_like_the_single_process_server(
     ray_serving: RayServing,
-    service,  # noqa: ANN001
+    service,
 ) -> None:
     from covergen.clip_tokens import clip_token_counter
     from covergen.covers import CoverMaker
@@ -315,7 +315,7 @@ async def test_an_adapter_that_cannot_load_answers_like_the_single_process_serve
     assert _cover(ray_serving.stub(), "杭州", "ray after broken").image  # and the painters keep serving
 
 
-def test_a_painter_killed_mid_request_loses_no_request(ray_serving: RayServing, cluster) -> None:  # noqa: ANN001
+def test_a_painter_killed_mid_request_loses_no_request(ray_serving: RayServing, cluster) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     stub = ray_serving.stub()
@@ -337,7 +337,7 @@ def test_a_painter_killed_mid_request_loses_no_request(ray_serving: RayServing, 
     )
 
 
-def test_sigterm_stops_every_process_it_started(ray_serving: RayServing, cluster) -> None:  # noqa: ANN001
+def test_sigterm_stops_every_process_it_started(ray_serving: RayServing, cluster) -> None:
     cluster.shutdown()  # detach this test's driver first
     # now, so a replica Serve restarted after the kill drill is counted too
     started = psutil.Process(ray_serving.process.pid).children(recursive=True)

@@ -41,14 +41,14 @@ WAIT_S = 120.0  # generous bound on every wait for the worker; never reached whe
 
 
 @pytest.fixture(scope="module")
-def regional(model_cache_dir: Path):  # noqa: ANN201
+def regional(model_cache_dir: Path):
     from covergen.models import load_base_model
 
     return load_base_model("embedded:regional", cache_dir=model_cache_dir, device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")
-def denoisers(regional) -> dict[str, Denoiser]:  # noqa: ANN001
+def denoisers(regional) -> dict[str, Denoiser]:
     """Both ways a shared stack is applied, each over its own copy of the pipeline."""
     return {
         mode: Denoiser(

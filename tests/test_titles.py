@@ -177,7 +177,7 @@ HEADLINES = load_headlines()
 
 
 @pytest.mark.parametrize("headline", HEADLINES, ids=lambda h: h.title)
-def test_the_tone_guard_holds_on_disasters_and_only_there(builder: PromptBuilder, headline) -> None:  # noqa: ANN001
+def test_the_tone_guard_holds_on_disasters_and_only_there(builder: PromptBuilder, headline) -> None:
     expected = RESTRAINED if headline.desk == "disaster" else ""
     assert builder.tone_of(headline.title) == expected
 

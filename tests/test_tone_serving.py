@@ -5,7 +5,7 @@ from __future__ import annotations
 from covergen.v1 import cover_pb2 as pb
 
 
-async def test_a_disaster_title_is_restrained_and_counted(stub, service) -> None:  # noqa: ANN001
+async def test_a_disaster_title_is_restrained_and_counted(stub, service) -> None:
     before = service.metrics.render().decode()
     reply = await stub.GenerateCover(
         pb.GenerateCoverRequest(region="杭州", title="四川地震救援进行中", themes=["spring"]), timeout=120
@@ -26,7 +26,7 @@ async def test_a_disaster_title_is_restrained_and_counted(stub, service) -> None
     assert count[after] == count.get(before, 0.0) + 1
 
 
-async def test_an_ordinary_title_keeps_its_region(stub) -> None:  # noqa: ANN001
+async def test_an_ordinary_title_keeps_its_region(stub) -> None:
     reply = await stub.GenerateCover(
         pb.GenerateCoverRequest(region="杭州", title="西湖春游人气旺"), timeout=120
     )

@@ -133,7 +133,7 @@ class CoverServicer(pb_grpc.CoverServiceServicer):
         return await self.calls.run("ResolveRegion", context, body, {"region": request.region[:64]})
 
 
-    async def PrepareCovers(  # noqa: N802
+    async def PrepareCovers(
         self, request: pb.PrepareCoversRequest, context: grpc.aio.ServicerContext
     ) -> pb.PrepareCoversResponse:
         prepare = PrepareRequest(
