@@ -270,15 +270,22 @@ async def test_styles_reloaded_under_load_fail_no_request(
             codes.append(await outcome(call))
             n += 1
 
+    def replace_adapter(data: bytes) -> None:
+        # Atomically, as `covergen-train publish` does: adapters are read at paint time, so an
+        # in-place rewrite can hand a concurrent cold load a half-written (corrupt) file.
+        temp = adapter.with_suffix(".tmp")
+        temp.write_bytes(data)
+        os.replace(temp, adapter)
+
     async def reloader() -> None:
         for i in range(3):
-            adapter.write_bytes(other if i % 2 == 0 else original)
+            replace_adapter(other if i % 2 == 0 else original)
             reloads.append(await admin.ReloadStyles(pb.ReloadStylesRequest(), metadata=BEARER, timeout=60))
 
     try:
         await asyncio.gather(reloader(), *(caller(w) for w in range(4)))
     finally:
-        adapter.write_bytes(original)
+        replace_adapter(original)
         await admin.ReloadStyles(pb.ReloadStylesRequest(), metadata=BEARER, timeout=60)
     assert len(codes) >= 16 and set(codes) == {"OK"}, sorted(set(codes))
     assert all(not r.rejected for r in reloads)

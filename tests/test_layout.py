@@ -1,6 +1,6 @@
 """Runtime and build apart: the server package serves without the trainer or its dependencies.
 
-`covergen[train]` (peft, tensorboard, imagehash, tqdm) is an optional extra; `trainer/` holds the
+`covergen[train]` (peft, tensorboard, imagehash) is an optional extra; `trainer/` holds the
 LoRA trainer and the demo-model build. These tests keep the server package from growing an
 import of either: one reads every import statement in `server/covergen/`, one starts the real
 service in a fresh interpreter where those modules cannot be imported and paints one cover.
@@ -18,10 +18,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_PACKAGE = REPO / "server" / "covergen"
-# What only the trainer may import. tqdm is listed in covergen[train] because the trainer uses it
-# directly, but huggingface_hub (under transformers and diffusers) imports it too, so a runtime
-# install always has it; the server's own code still must not import it.
-TRAINER_ONLY = ("trainer", "peft", "tensorboard", "imagehash", "tqdm")
+# What only the trainer may import. tqdm is a runtime dependency: the `covergen prepare` client
+# draws its progress bar with it.
+TRAINER_ONLY = ("trainer", "peft", "tensorboard", "imagehash")
 BLOCKED_AT_RUN_TIME = ("trainer", "peft", "tensorboard", "imagehash")
 
 

@@ -139,7 +139,7 @@ def _places_with_a_style(library: StyleLibrary) -> list[str]:
     for province in raw["provinces"]:
         cities = province.get("cities") or []
         for entry in cities or [province]:
-            tag = entry["code"]
+            tag = entry.get("code") or entry["name"]  # Taiwan's cities have no GB/T 2260 code
             if any(item.style != "default" for item in resolver.resolve(tag).stack):
                 places.append(entry["name"])
     return places

@@ -76,6 +76,7 @@ def run(settings: Settings, num_cpus: int, temp_dir: Path, stop: threading.Event
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
+            _node_ip_address="127.0.0.1",  # loopback only: the host's other address may be unreachable
             _temp_dir=str(temp_dir),
             logging_level=logging.WARNING,
         )
