@@ -151,7 +151,8 @@ def cluster(ray_serving: RayServing):
     import ray
 
     ready = json.loads((ray_serving.temp_dir / READY_FILE).read_text(encoding="utf-8"))
-    ray.init(address=ready["gcs_address"], namespace="serve", logging_level="WARNING", log_to_driver=False)
+    ray.init(address="127.0.0.1:" + ready["gcs_address"].rsplit(":", 1)[1],  # loopback: the host address may refuse
+             namespace="serve", logging_level="WARNING", log_to_driver=False)
     return ray
 
 
