@@ -211,6 +211,29 @@ class CoverMaker:
             if item.weight > 0 and (path := self._adapter_path(card)) is not None
         ]
 
+    @staticmethod
+    def paint_job(
+        plan: Plan,
+        sources: Sequence[tuple[AdapterSource, float]],
+        versions: dict[str, str],
+        *,
+        priority: Priority,
+        deadline: float | None = None,
+    ) -> PaintJob:
+        """The plain-data job a painter paints for `plan` (the one place a plan becomes a job)."""
+        return PaintJob(
+            prompt=plan.prompt,
+            negative_prompt=plan.negative_prompt,
+            seed=plan.seed,
+            width=plan.settings.width,
+            height=plan.settings.height,
+            steps=plan.settings.steps,
+            guidance_scale=plan.settings.guidance_scale,
+            adapters=tuple(StackAdapter(s.name, s.path, versions[s.name], w) for s, w in sources),
+            deadline=deadline,
+            priority=priority,
+        )
+
     def _adapter_path(self, card: StyleCard) -> Path | None:
         # resolving the path (symlinks, the styles-root check) was ~30% of a cache hit (cProfile);
         # it changes only with the library, so it is kept until replace_styles
@@ -264,16 +287,8 @@ class CoverMaker:
         painted_by: list[str] = []
 
         async def generate() -> CachedCover:
-            job = PaintJob(
-                prompt=plan.prompt,
-                negative_prompt=plan.negative_prompt,
-                seed=plan.seed,
-                width=plan.settings.width,
-                height=plan.settings.height,
-                steps=plan.settings.steps,
-                guidance_scale=plan.settings.guidance_scale,
-                adapters=tuple(StackAdapter(s.name, s.path, versions[s.name], w) for s, w in sources),
-                deadline=deadline,
+            job = self.paint_job(
+                plan, sources, versions, deadline=deadline,
                 priority=priority if priority is not None else Priority(),
             )
             painting = await self.painter.paint(job)

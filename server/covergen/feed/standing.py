@@ -23,7 +23,6 @@ from covergen.covers import AppliedAdapter, CoverMaker, encode_image
 from covergen.engine.denoise import BACKGROUND, Priority
 from covergen.errors import AdapterRejected
 from covergen.feed.health import StyleHealth
-from covergen.painters import PaintJob, StackAdapter
 from covergen.regions import Resolution, StyleWeight
 from covergen.requests import CoverRequest
 
@@ -101,17 +100,7 @@ class StandingCovers:
         plan = maker.plan_stack(request, resolution, [StyleWeight(style, card.default_weight)])
         sources = maker.sources_of(plan)
         versions = await maker.painter.versions([source for source, _ in sources])
-        job = PaintJob(
-            prompt=plan.prompt,
-            negative_prompt=plan.negative_prompt,
-            seed=plan.seed,
-            width=plan.settings.width,
-            height=plan.settings.height,
-            steps=plan.settings.steps,
-            guidance_scale=plan.settings.guidance_scale,
-            adapters=tuple(StackAdapter(s.name, s.path, versions[s.name], w) for s, w in sources),
-            priority=Priority(BACKGROUND),
-        )
+        job = maker.paint_job(plan, sources, versions, priority=Priority(BACKGROUND))
         painting = await maker.painter.paint(job)
         return StandingCover(
             style=style,
