@@ -14,6 +14,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Ray reads its auth mode once, when its core is first imported, and a driver attaching to a cluster
+# by address never turns token auth on by itself. `covergen-ray` starts its cluster with Ray's default
+# token auth, so every Ray import in this session (test_deploy_ray imports it before
+# test_ray_serve attaches) must already be in token mode: set here, before any test module loads.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 sys.path.insert(0, str(Path(__file__).parent))  # tests/redis_fixture.py and friends
 
 REPO = Path(__file__).resolve().parents[1]

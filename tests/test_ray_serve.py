@@ -27,9 +27,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-# The cluster uses Ray's token auth (token in ~/.ray/auth_token); a driver attaching must say so
-# before Ray is imported: its core reads RAY_* settings once, at import.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+# The cluster uses Ray's token auth (token in ~/.ray/auth_token); this driver attaching must be in
+# token mode from Ray's first import, which conftest.py sees to (RAY_AUTH_MODE=token).
 pytest.importorskip("ray.serve", reason="needs the covergen[ray] extra (make install brings it)")
 psutil = pytest.importorskip("psutil")
 
