@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -593,3 +594,25 @@ async def test_engine_batches_only_jobs_with_the_same_size_and_steps(
     assert sorted(log.sizes) == [2, 2]
     for got, want in zip(images, solo, strict=True):
         assert pixel_diff(got, want) <= MAX_PIXEL_DIFF
+
+
+async def test_worker_tasks_run_outside_the_engine_lock(hooks_denoiser: Denoiser) -> None:
+    """A worker task (e.g. forgetting an evicted adapter) may block; submit and depth must not."""
+    lock_free: list[bool] = []
+
+    def probe() -> None:  # another thread tries the engine's lock while the task runs
+        got = engine._cond.acquire(blocking=False)
+        if got:
+            engine._cond.release()
+        lock_free.append(got)
+
+    def task() -> None:
+        other = threading.Thread(target=probe)
+        other.start()
+        other.join()
+
+    with running_engine(hooks_denoiser) as (engine, log):
+        engine.run_on_worker(task)
+        await engine.submit(job(91))  # tasks run before the next batch: this one ran before the job
+    assert lock_free == [True]
+    assert log.sizes == [1]

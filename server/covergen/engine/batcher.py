@@ -142,28 +142,37 @@ class Engine:
                 p.loop.call_soon_threadsafe(_settle, p.future, outcome)
 
     def _next_batch(self) -> list[_Pending] | None:
-        with self._cond:
-            while True:
-                self._drain_tasks()
-                if self._pending:
-                    break
-                if self._closing:
-                    return None
-                self._cond.wait()
-            first = min(self._pending, key=lambda p: p.job.priority.value)  # oldest of the best
-            self._pending.remove(first)
-            batch = [first]
-            key = first.job.batch_key()
-            deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                batch.extend(self._take_compatible(key, self.max_batch - len(batch)))
-                remaining = deadline - time.monotonic()
-                if len(batch) >= self.max_batch or remaining <= 0 or self._closing:
-                    break
-                self._cond.wait(remaining)
-            self._running = len(batch)
-            self.observer.queue_depth(len(self._pending))
-            return batch
+        """The next batch; runs queued worker tasks first, outside the lock (a task may block)."""
+        while True:
+            with self._cond:
+                tasks = list(self._worker_tasks)
+                self._worker_tasks.clear()
+                if not tasks:
+                    if self._pending:
+                        return self._gather()
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+            for task in tasks:  # submit, depth and run_on_worker stay free while a task runs
+                task()
+
+    def _gather(self) -> list[_Pending]:
+        """Under the lock: the best waiting job and up to `max_batch - 1` compatible ones."""
+        first = min(self._pending, key=lambda p: p.job.priority.value)  # oldest of the best
+        self._pending.remove(first)
+        batch = [first]
+        key = first.job.batch_key()
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            batch.extend(self._take_compatible(key, self.max_batch - len(batch)))
+            remaining = deadline - time.monotonic()
+            if len(batch) >= self.max_batch or remaining <= 0 or self._closing:
+                break
+            self._cond.wait(remaining)
+        self._running = len(batch)
+        self.observer.queue_depth(len(self._pending))
+        return batch
 
     def _take_compatible(self, key: tuple[int, int, int], limit: int) -> list[_Pending]:
         compatible = [p for p in self._pending if p.job.batch_key() == key]
@@ -171,10 +180,6 @@ class Engine:
         for p in taken:
             self._pending.remove(p)
         return taken
-
-    def _drain_tasks(self) -> None:
-        while self._worker_tasks:
-            self._worker_tasks.popleft()()
 
 
 def _settle(future: asyncio.Future[np.ndarray], outcome: object) -> None:
