@@ -1,20 +1,27 @@
 """Scoring the prompt builder on tests/data/headlines.txt: the share of concept groups whose
 English reaches the subject words. Used by tests/test_headlines.py; also runnable on its own:
 
-    .venv/bin/python tests/headline_score.py [--misses]
+    .venv/bin/python tests/headline_score.py [--misses] [--heldout] [--window]
 
-prints the score of the builder importable as `covergen.prompts` (on any checkout: put that
+(`--heldout`: tests/data/headlines_heldout.txt, the generalisation set nobody tunes on;
+`--window`: only the subject words that survive CLIP's 75-token window in a built prompt under
+the jiangnan + spring stack, counted by the CLIP tokenizer in $COVERGEN_CACHE_DIR/clip-tokenizer
+when present, else by the builder's conservative estimate) prints the score of the builder importable as `covergen.prompts` (on any checkout: put that
 checkout's `server/` first on PYTHONPATH to score it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HEADLINES = Path(__file__).resolve().parent / "data" / "headlines.txt"
+HELDOUT = HEADLINES.with_name("headlines_heldout.txt")
 STYLES = Path(__file__).resolve().parents[1] / "styles"
 
 
@@ -57,13 +64,35 @@ def score(subject_of: object, headlines: list[Headline]) -> tuple[int, int, list
     return hits, total, misses
 
 
+def windowed(builder: Any, library: Any) -> Callable[[str], tuple[str, ...]]:
+    """title -> the subject words kept in a prompt built under jiangnan + spring (the bench's
+    stack: the longest regional template plus an overlay), i.e. what CLIP actually reads."""
+    base, stack = library.get("default"), [library.get("jiangnan"), library.get("spring")]
+    return lambda title: builder.build(title, base, stack).subject_words
+
+
+def _clip_counter() -> Callable[[str], int] | None:
+    folder = Path(os.environ.get("COVERGEN_CACHE_DIR", "")) / "clip-tokenizer"
+    if not (folder / "vocab.json").is_file():
+        return None
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+    return lambda text: len(tokenizer(text, truncation=False).input_ids) - 2
+
+
 def main() -> None:
     from covergen.prompts import PromptBuilder
     from covergen.styles import StyleLibrary
 
     library = StyleLibrary.load(STYLES)
     builder = PromptBuilder.load(STYLES / "glossary.yaml", reserved_words=library.trigger_words())
-    hits, total, misses = score(builder.subject_words, load_headlines())
+    subject_of = builder.subject_words
+    if "--window" in sys.argv:
+        counter = _clip_counter()
+        print(f"window counted by {'the CLIP tokenizer' if counter else 'the conservative estimate'}")
+        subject_of = windowed(builder.with_budget(counter), library)
+    hits, total, misses = score(subject_of, load_headlines(HELDOUT if "--heldout" in sys.argv else HEADLINES))
     import covergen.prompts
 
     print(f"{covergen.prompts.__file__}: {hits}/{total} concept groups = {hits / total:.1%}")

@@ -51,8 +51,12 @@ def builder(library: StyleLibrary) -> PromptBuilder:
         (["Hangzhou subprovincial city and capital of Zhejiang province"], "hangzhou"),
         (["<lora:x:1> (masterpiece:1.5) {scene} [a|b]"], "lora x 1 scene"),  # syntax gone, words plain
         (["fish caught far away beyond seas near distant northern islands"], None),  # too long
+        # a solar term by its English name, not its pinyin; a register mark is not a word
+        (["Shuangjiang or Frost Descends, 18th of the 24 solar terms 二十四節氣|二十四节气 23rd October"],
+         "frost descends"),
+        (["fig. to win a championship"], "win a championship"),
     ],
-)
+)  # fmt: skip
 def test_the_paintable_sense_rule(senses: list[str], expected: str | None) -> None:
     assert paintable_sense(senses) == expected
 
@@ -67,6 +71,12 @@ def test_the_paintable_sense_rule(senses: list[str], expected: str | None) -> No
 )
 def test_a_short_noun_sense_brings_one_synonym(senses: list[str], expected: str) -> None:
     assert paintable_sense(senses, synonym=True) == expected
+
+
+def test_verbs_do_not_read_as_names() -> None:
+    dictionary = Dictionary.bundled()
+    assert dictionary.sense("延长") == "yanchang"  # the county, after the verb senses that paint nothing
+    assert dictionary.sense("延长", allow_bare_verb=True, names=False) == "prolong"
 
 
 def test_bare_verbs_only_when_asked() -> None:
@@ -96,9 +106,20 @@ def test_the_bundled_cedict_is_loaded_once_and_reads_common_news_words() -> None
         ("西湖边的柳树发芽了", ["west lake", "willow"], ["xihu"]),  # the glossary wins over CEDICT
         ("2024年3月5日第三届三万人5号", [], ["2024", "three", "third", "march"]),
         ("四川地震救援进行中", ["sichuan", "earthquake"], []),
-        ("霜降后枫叶红了", ["maple", "red"], []),  # 红: a one-character adjective that paints
+        ("霜降后枫叶红了", ["maple", "red", "frost"], ["shuangjiang"]),  # 红: a one-character adjective that paints
+        # a curated term that starts with a city also brings the city
+        ("淄博烧烤火出圈", ["zibo", "barbecue"], []),
+        # looks like a number, is a word: 三亚 Sanya, 余震 aftershock, 多云 cloudy; 三十度 is a number
+        ("三亚海边余震不断多云", ["sanya", "aftershock", "cloudy"], []),
+        ("哈尔滨零下三十度", ["harbin", "below zero"], ["thirty", "degree"]),
+        # abstract words out (问题 "question, problem"), region words in (北方 north)
+        ("共享单车乱停放问题整治", ["shared bicycles", "parking"], ["question", "problem"]),
+        ("沙尘暴影响北方城市", ["sand and dust storm", "north", "city"], ["influence", "effect"]),
+        # a one-character verb that paints (跑 run); a morpheme's news sense (面 noodles, not face)
+        ("长沙市民夜跑湘江边", ["night", "run", "xiang river"], []),
+        ("兰州牛肉面馆", ["lanzhou", "beef", "noodle"], ["face"]),
     ],
-)
+)  # fmt: skip
 def test_titles_carry_their_story(
     builder: PromptBuilder, title: str, wanted: list[str], unwanted: list[str]
 ) -> None:

@@ -204,7 +204,9 @@ class PromptBuilder:
         self.dictionary = dictionary
         self.tone_guard = tone_guard
         self.translator = translator
-        self._reader = TitleReader(han_terms, self.landmarks.pictures, dictionary)
+        self._reader = TitleReader(
+            han_terms, self.landmarks.pictures, dictionary, places=self.landmarks.by_place
+        )
 
     @classmethod
     def load(

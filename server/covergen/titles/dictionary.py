@@ -13,6 +13,8 @@ The sense rule (`paintable_sense`), in order:
   * prefer noun senses (not starting "to ") over verb senses; a verb sense loses "to" and a
     light verb ("to take a night trip" -> "night trip"); a verb sense that is one bare word
     ("to hold", "to start") paints nothing and is dropped unless `allow_bare_verb`;
+  * a solar term keeps its English name ("Shuangjiang or Frost Descends, 18th of the 24 solar
+    terms" -> "frost descends"), not the pinyin;
   * a proper name keeps its capitalised words ("Hangzhou subprovincial city ..." -> "hangzhou");
   * keep the text before the first comma or semicolon, cut at a preposition when longer than six
     words ("carnival during the Lantern Festival ..." -> "carnival"); longer still: not paintable.
@@ -42,6 +44,7 @@ _SKIP_SENSE = re.compile(
 _PARENTHESES = re.compile(r"\([^()]*\)|\[[^\]]*\]")
 _NON_LATIN = re.compile(r"[^A-Za-z0-9 '\-,;.]")
 _FILLERS = re.compile(r"\b(sb|sth|one's|oneself|someone|something|etc)\b\.?")
+_REGISTER = re.compile(r"^(fig|lit|esp|usu|orig)\. ")  # "fig. to win a championship" -> "to win ..."
 _LIGHT_VERB = re.compile(
     r"^(to )?((take part in|participate in|take|have|make|do|go|give|get|hold|be|become|put on|carry out) )?(an? |the )?"
 )
@@ -51,11 +54,15 @@ _TRAILING = re.compile(r"( (to|of|for|in|on|at|with|by|from|into|a|an|the|and|or
 _PROPER_NAME = re.compile(r"^((?:[A-Z][A-Za-z'-]*(?: |$))+)(?=[a-z])")
 _CUT_AT = re.compile(r" (?:during|with|for|in|around|on|at|from|used|which|that|where|when|and|or) ")
 _ALLOWED = re.compile(r"^[a-z0-9][a-z0-9 '-]*$")
+_SOLAR_TERM = re.compile(r"^[A-Z][a-z]+ or ([A-Z][A-Za-z' ]+), \d+\w* of the 24 solar terms")
 
 
 def clean_sense(sense: str) -> tuple[str, bool] | None:
     """A CEDICT sense as plain words and whether it was a verb sense; None when it is not paintable."""
-    text = sense.strip()
+    text = _REGISTER.sub("", sense.strip())
+    term = _SOLAR_TERM.match(text)
+    if term:  # "Shuangjiang or Frost Descends, 18th of the 24 solar terms": the English name
+        text = term.group(1)
     if _SKIP_SENSE.match(text.lower()):
         return None
     text = _PARENTHESES.sub(" ", text)
@@ -112,9 +119,12 @@ def paintable_sense(
 class Dictionary:
     """Simplified Chinese word -> its CEDICT senses, and the chosen paintable sense."""
 
-    def __init__(self, entries: dict[str, str]) -> None:
+    def __init__(self, entries: dict[str, str], common: dict[str, str] | None = None) -> None:
         self._entries = entries  # simplified word -> senses joined by "/" (readings in file order)
-        self._chosen: dict[tuple[str, bool, bool], str | None] = {}  # bounded by the entry count
+        # word -> the senses of its common readings only, where it also has a name reading
+        # (延长 "to prolong", not Yanchang county): what verbs and adjectives read.
+        self._common = common or {}
+        self._chosen: dict[tuple[str, bool, bool, bool], str | None] = {}  # bounded by 2x entries
         self._lock = threading.Lock()
         self.longest = max(map(len, entries), default=0)
 
@@ -128,12 +138,15 @@ class Dictionary:
         raw = self._entries.get(word)
         return raw.split("/") if raw else []
 
-    def sense(self, word: str, *, allow_bare_verb: bool = False, synonym: bool = False) -> str | None:
-        """The paintable sense of `word`, or None (unknown word, or nothing paintable)."""
-        key = (word, allow_bare_verb, synonym)
+    def sense(
+        self, word: str, *, allow_bare_verb: bool = False, synonym: bool = False, names: bool = True
+    ) -> str | None:
+        """The paintable sense of `word`, or None (unknown word, or nothing paintable); with
+        `names=False` name and surname readings are left out (a verb is not a county)."""
+        key = (word, allow_bare_verb, synonym, names)
         if key in self._chosen:
             return self._chosen[key]
-        raw = self._entries.get(word)
+        raw = self._entries.get(word) if names else self._common.get(word, self._entries.get(word))
         chosen = (
             paintable_sense(raw.split("/"), allow_bare_verb=allow_bare_verb, synonym=synonym) if raw else None
         )
@@ -160,9 +173,10 @@ class Dictionary:
                 proper = rest[:1].isupper() or senses.startswith("surname ")
                 target = names if proper else entries
                 target.setdefault(simplified, []).append(senses.rstrip().rstrip("/"))
+        common = {word: "/".join(entries[word]) for word in names if word in entries}
         for word, readings in names.items():
             entries.setdefault(word, []).extend(readings)
-        return cls({word: "/".join(readings) for word, readings in entries.items()})
+        return cls({word: "/".join(readings) for word, readings in entries.items()}, common)
 
     @classmethod
     def bundled(cls) -> Dictionary:
