@@ -107,6 +107,8 @@ def test_the_bundled_cedict_is_loaded_once_and_reads_common_news_words() -> None
         ("2024年3月5日第三届三万人5号", [], ["2024", "three", "third", "march"]),
         ("四川地震救援进行中", ["sichuan", "earthquake"], []),
         ("霜降后枫叶红了", ["maple", "red", "frost"], ["shuangjiang"]),  # 红: a one-character adjective that paints
+        # every solar term is one time word, read by its English name (白露 is not 白 "white" + 露)
+        ("白露时节惊蛰春雷", ["white dew", "insects wake", "thunder"], []),
         # a curated term that starts with a city also brings the city
         ("淄博烧烤火出圈", ["zibo", "barbecue"], []),
         # looks like a number, is a word: 三亚 Sanya, 余震 aftershock, 多云 cloudy; 三十度 is a number

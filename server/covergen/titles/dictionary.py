@@ -134,6 +134,10 @@ class Dictionary:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def solar_terms(self) -> list[str]:
+        """The 24 solar terms (霜降, 惊蛰, ...): time words that paint a season."""
+        return [word for word, raw in self._entries.items() if "of the 24 solar terms" in raw]
+
     def senses(self, word: str) -> list[str]:
         raw = self._entries.get(word)
         return raw.split("/") if raw else []
@@ -170,7 +174,8 @@ class Dictionary:
                     continue
                 # Readings of names (capitalised pinyin: 延长 Yanchang county) and surnames go
                 # after the word's common readings.
-                proper = rest[:1].isupper() or senses.startswith("surname ")
+                # A solar term (霜降 [Shuang1 jiang4]) is capitalised but is a common word.
+                proper = (rest[:1].isupper() and "solar terms" not in senses) or senses.startswith("surname ")
                 target = names if proper else entries
                 target.setdefault(simplified, []).append(senses.rstrip().rstrip("/"))
         common = {word: "/".join(entries[word]) for word in names if word in entries}

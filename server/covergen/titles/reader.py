@@ -124,6 +124,7 @@ class TitleReader:
              dictionary.longest if dictionary else 0]
         )  # fmt: skip
         self._tokenizer: jieba.posseg.POSTokenizer | None = None
+        self._solar_terms: frozenset[str] = frozenset()  # filled with the tokenizer
         self._lock = threading.Lock()
 
     def warm_up(self) -> None:
@@ -205,7 +206,8 @@ class TitleReader:
             return self._verb(segment)
         if flag in _TIME:
             sense = dictionary.sense(segment, names=False)
-            return Reading(sense, RANK_ACTIVITY) if sense and _PAINTABLE_TIME.search(sense) else None
+            paints = sense is not None and (_PAINTABLE_TIME.search(sense) or segment in self._solar_terms)
+            return Reading(sense, RANK_ACTIVITY) if paints and sense else None
         if flag in _ADJECTIVES:
             sense = _concrete(dictionary.sense(segment, names=False))
             return Reading(sense, RANK_OTHER) if sense else None
@@ -285,6 +287,10 @@ class TitleReader:
                     if len(term) > 1:
                         frequency = max(tokenizer.suggest_freq(term, False), self.LANDMARK_FREQUENCY_FLOOR)
                         tokenizer.add_word(term, freq=frequency, tag="ns")
+                self._solar_terms = frozenset(self._dictionary.solar_terms() if self._dictionary else ())
+                for term in self._solar_terms - self._glossary.keys():  # 白露 is cut 白 + 露 without this
+                    frequency = max(tokenizer.suggest_freq(term, False), self.TERM_FREQUENCY_FLOOR)
+                    tokenizer.add_word(term, freq=frequency, tag="t")
                 self._tokenizer = jieba.posseg.POSTokenizer(tokenizer)
             return self._tokenizer
 
