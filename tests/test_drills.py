@@ -33,6 +33,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from waiting import GENEROUS_S, eventually
 
+from covergen.requests import CoverRequest
 from covergen.v1 import cover_pb2 as pb
 from covergen.v1 import cover_pb2_grpc as pb_grpc
 
@@ -434,13 +435,13 @@ def test_planning_requests_never_disturbs_the_engines_tokenizer(drill_service) -
     """Requests are planned (prompt tokens counted) on the event loop while the engine thread
     encodes padded batches: the two must not share tokenizer state."""
     maker, denoiser = drill_service.maker, drill_service.engine.denoiser
-    cards = [maker.library.get("jiangnan"), maker.library.get("spring")]
     stop = threading.Event()
 
     def plan_requests() -> None:
         n = 0
-        while not stop.is_set():
-            maker.prompts.build(f"火锅节开幕 spring festival hotpot market {n} " * 4, maker.library.get("default"), cards)
+        while not stop.is_set():  # a new title each time: no plan comes from the memo
+            title = f"火锅节开幕 spring festival hotpot market {n} " * 4
+            maker.plan(CoverRequest(region="杭州", title=title, themes=("春天",)))
             n += 1
 
     planner = threading.Thread(target=plan_requests)

@@ -290,8 +290,8 @@ async def test_an_adapter_that_cannot_load_answers_like_the_single_process_serve
     from covergen.clip_tokens import clip_token_counter
     from covergen.covers import CoverMaker
     from covergen.errors import AdapterRejected
+    from covergen.planning import load_styles
     from covergen.requests import CoverRequest
-    from covergen.server import load_styles
 
     count_tokens = clip_token_counter(service.base.pipeline.tokenizer)
     library, resolver, prompts = load_styles(ray_serving.styles_dir, count_tokens)

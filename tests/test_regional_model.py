@@ -58,10 +58,12 @@ def regional_base(model_cache_dir: Path):
 
 @pytest.fixture(scope="module")
 def painter(regional_base):
-    """The regional base with the committed adapters of styles/ (trained by covergen-train)."""
+    """The regional base planning with styles/ and its committed adapters (trained by covergen-train)."""
     from trainer.embedded.regional_check import RegionPainter
 
-    return RegionPainter(regional_base, STYLES, ADAPTER_FILES)
+    painter = RegionPainter(regional_base, STYLES)
+    yield painter
+    painter.close()
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +127,16 @@ def test_regional_base_loads_with_zero_mean_noise_and_its_own_latent_scale(paint
         True,
         "trailing",
     )
+
+
+def test_neutral_title_paints_the_cards_neutral_subject(painter) -> None:
+    """The painter's default title contributes no words: the plan's prompt is the card's own."""
+    from trainer.scenes.captions import NEUTRAL_TITLE
+
+    assert painter.planner.prompts.subject_words(NEUTRAL_TITLE) == ()
+    plan = painter.plan("杭州", 0)
+    assert plan.prompt.startswith("jiangnan style") and plan.seed == 0 and not plan.tone
+    assert [s.name for s, _ in painter.planner.sources_of(plan)] == ["jiangnan"]
 
 
 def test_tiny_embedded_base_keeps_the_pipelines_noise(embedded_base) -> None:

@@ -1,8 +1,7 @@
 """CoverMaker: from (region, title) to a finished, cached cover. The one object the servicer calls.
 
-validate -> resolve region -> stack adapters (+ theme overlays, weight overrides)
-  -> build prompt -> derive seed -> adapter versions -> cache key -> ResultCache.get_or_generate(
-         Painter.paint -> encode image)
+CoverPlanner.plan (planning.py: validate, region, stack, tone, prompt, seed)
+  -> adapter versions -> cache key -> ResultCache.get_or_generate(Painter.paint -> encode image)
 
 The painter (painters.py) is the local engine by default, or a Ray Serve painter deployment.
 """
@@ -10,15 +9,11 @@ The painter (painters.py) is the local engine by default, or a Ray Serve painter
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -27,12 +22,14 @@ from covergen.adapters.registry import AdapterRegistry, AdapterSource
 from covergen.cache import CachedCover, CacheOutcome, ResultCache, cache_key
 from covergen.engine.batcher import Engine
 from covergen.engine.denoise import Priority
-from covergen.errors import InvalidRequest
 from covergen.painters import LocalPainter, Painter, PaintJob, StackAdapter
+from covergen.planning import CoverPlanner, Plan
 from covergen.prompts import PromptBuilder
 from covergen.regions import RegionResolver, Resolution, StyleWeight
-from covergen.requests import FORMATS, CoverRequest, GenerationSettings, Limits, validate
-from covergen.styles import StyleCard, StyleLibrary
+from covergen.requests import FORMATS, CoverRequest, GenerationSettings, Limits
+from covergen.styles import StyleLibrary
+
+__all__ = ["AppliedAdapter", "Cover", "CoverMaker", "Plan", "encode_image"]
 
 
 @dataclass(frozen=True)
@@ -74,20 +71,6 @@ class Cover:
         return self.cache_outcome in (CacheOutcome.HIT, CacheOutcome.COALESCED)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What will be generated for a request, before any model work."""
-
-    resolution: Resolution
-    stack: tuple[StyleWeight, ...]
-    cards: tuple[StyleCard, ...]
-    prompt: str
-    negative_prompt: str
-    seed: int
-    settings: GenerationSettings
-    tone: str = ""  # "restrained": a sensitive title, painted with the neutral default style
-
-
 class CoverMaker:
     """Turns validated requests into covers, through the cache and the engine."""
 
@@ -107,9 +90,7 @@ class CoverMaker:
     ) -> None:
         """`painter`: who paints misses (default: a LocalPainter over `engine` and `registry`).
         A maker whose painters are elsewhere (the Ray Serve ingress) has no engine or registry."""
-        self.library = library
-        self.resolver = resolver
-        self.prompts = prompts
+        self.planner = CoverPlanner(library, resolver, prompts, limits)
         self.registry = registry
         self.engine = engine
         if painter is None:
@@ -118,15 +99,27 @@ class CoverMaker:
             painter = LocalPainter(engine, registry)
         self.painter: Painter = painter
         self.cache = cache
-        self.limits = limits
         self.base_model_id = base_model_id
         self.scheduler_name = scheduler_name
-        # Plans of recent requests: on a cache hit, segmenting the title and counting CLIP tokens
-        # was ~70% of the server's time (profiled under loadgen). Cleared when styles change.
-        self._plans: OrderedDict[CoverRequest, Plan] = OrderedDict()
-        self._max_plans = 4096
-        self._paths: dict[str, Path | None] = {}  # style name -> resolved adapter file
+        self._max_keys = 4096
         self._keys: dict[tuple[object, ...], str] = {}  # (prompts, seed, settings, adapters) -> cache key
+
+    # the style library and request limits live with the planner (planning.py)
+    @property
+    def library(self) -> StyleLibrary:
+        return self.planner.library
+
+    @property
+    def resolver(self) -> RegionResolver:
+        return self.planner.resolver
+
+    @property
+    def prompts(self) -> PromptBuilder:
+        return self.planner.prompts
+
+    @property
+    def limits(self) -> Limits:
+        return self.planner.limits
 
     def without_cache(self) -> CoverMaker:
         """The same maker with the result cache switched off (for checks and benchmarks)."""
@@ -145,47 +138,11 @@ class CoverMaker:
 
     def replace_styles(self, library: StyleLibrary, resolver: RegionResolver, prompts: PromptBuilder) -> None:
         """Swap in a reloaded style library (admin ReloadStyles)."""
-        self.library, self.resolver, self.prompts = library, resolver, prompts
-        self._plans.clear()
-        self._paths.clear()
+        self.planner.replace_styles(library, resolver, prompts)
 
     def plan(self, request: CoverRequest) -> Plan:
-        """Validate and decide everything that does not need the model (memoised per request)."""
-        plan = self._plans.get(request)  # the frozen request is the key: every field counts
-        if plan is not None:
-            self._plans.move_to_end(request)
-            return plan
-        plan = self._plan(request)
-        self._plans[request] = plan
-        if len(self._plans) > self._max_plans:
-            self._plans.popitem(last=False)
-        return plan
-
-    def _plan(self, request: CoverRequest) -> Plan:
-        settings = validate(request, self.limits)
-        library, resolver = self.library, self.resolver
-        resolution = resolver.resolve(request.region)
-        stack = list(resolution.stack)
-        weights = request.adapter_weights
-        if request.arm == "generic":
-            # the control arm: what the default style paints for this title, no regional adapters;
-            # overrides naming the region's adapters do not apply to it
-            stack = list(resolver.default_stack())
-            kept = {i.style for i in stack} | {library.overlay_for_theme(t).name for t in request.themes}
-            weights = {name: w for name, w in weights.items() if name in kept}
-        for theme in request.themes:
-            overlay = library.overlay_for_theme(theme)
-            if all(item.style != overlay.name for item in stack):
-                stack.append(StyleWeight(overlay.name, overlay.default_weight))
-        names = {item.style for item in stack}
-        unknown = sorted(set(weights) - names)
-        if unknown:
-            raise InvalidRequest(
-                f"adapter_weights names {', '.join(unknown)}, which is not in this request's stack "
-                f"({', '.join(sorted(names)) or 'empty'}); only adapters of the resolved stack can be reweighted"
-            )
-        stack = [StyleWeight(i.style, weights.get(i.style, i.weight)) for i in stack]
-        return self.plan_stack(request, resolution, stack, settings)
+        """Validate and decide everything that does not need the model (CoverPlanner.plan)."""
+        return self.planner.plan(request)
 
     def plan_stack(
         self,
@@ -194,22 +151,12 @@ class CoverMaker:
         stack: Sequence[StyleWeight],
         settings: GenerationSettings | None = None,
     ) -> Plan:
-        """The plan of `request` painted with an explicit `stack` (standing covers use this)."""
-        settings = settings if settings is not None else validate(request, self.limits)
-        stack, tone = self.prompts.guard_tone(request.title, stack, self.library)  # sensitive: neutral, no festive
-        cards = tuple(self.library.get(item.style) for item in stack)
-        base = self.library.get("default")
-        built = self.prompts.build(request.title, base, cards, tone)  # weight 0 drops the adapter, not the template
-        seed = request.seed if request.seed is not None else derive_seed(request, list(stack))
-        return Plan(resolution, tuple(stack), cards, built.prompt, built.negative_prompt, seed, settings, tone)
+        """The plan of `request` painted with an explicit `stack` (CoverPlanner.plan_stack)."""
+        return self.planner.plan_stack(request, resolution, stack, settings)
 
     def sources_of(self, plan: Plan) -> list[tuple[AdapterSource, float]]:
-        """The adapter files a plan paints with and their weights (weight-0 and file-less left out)."""
-        return [
-            (AdapterSource(card.name, path), item.weight)
-            for card, item in zip(plan.cards, plan.stack, strict=True)
-            if item.weight > 0 and (path := self._adapter_path(card)) is not None
-        ]
+        """The adapter files a plan paints with and their weights (CoverPlanner.sources_of)."""
+        return self.planner.sources_of(plan)
 
     @staticmethod
     def paint_job(
@@ -234,20 +181,13 @@ class CoverMaker:
             priority=priority,
         )
 
-    def _adapter_path(self, card: StyleCard) -> Path | None:
-        # resolving the path (symlinks, the styles-root check) was ~30% of a cache hit (cProfile);
-        # it changes only with the library, so it is kept until replace_styles
-        if card.name not in self._paths:
-            self._paths[card.name] = self.library.adapter_path(card)
-        return self._paths[card.name]
-
     def key_of(self, plan: Plan, applied: Sequence[AppliedAdapter]) -> str:
         """The result-cache key of a plan painted with `applied` (adapter versions included)."""
         memo = (plan.prompt, plan.negative_prompt, plan.seed, plan.settings, tuple(applied))
         key = self._keys.get(memo)
         if key is None:  # canonical JSON + sha256 per hit, otherwise
             key = self._keys[memo] = self._cache_key(plan, applied)
-            if len(self._keys) > self._max_plans:
+            if len(self._keys) > self._max_keys:
                 del self._keys[next(iter(self._keys))]
         return key
 
@@ -335,17 +275,6 @@ class CoverMaker:
             arm=request.arm,
             tone=plan.tone,
         )
-
-
-def derive_seed(request: CoverRequest, stack: list[StyleWeight]) -> int:
-    """A seed from what the cover shows (stack, title, variant): same request, same cover.
-
-    The raw region tag is left out on purpose: 杭州 and hangzhou (or two cities sharing a
-    stack) with the same title get the same cover, and share its cache entry.
-    """
-    material: list[Any] = [request.title, request.variant, [(i.style, i.weight) for i in stack]]
-    digest = hashlib.sha256(repr(material).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 def encode_image(pixels: np.ndarray, fmt: str) -> bytes:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from covergen.adapters.files import LoraWeights
 from covergen.adapters.registry import AdapterRegistry, AdapterSource
 from covergen.engine.batcher import Engine
 from covergen.engine.denoise import CoverJob, Priority
@@ -88,6 +89,22 @@ def stack_id(adapters: Sequence[StackAdapter]) -> str:
     return "+".join(held) or "base"
 
 
+def engine_job(job: PaintJob, weights: Mapping[str, LoraWeights]) -> CoverJob:
+    """The engine's job for `job`, its adapters taken from `weights` (name -> resident weights)."""
+    return CoverJob(
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        seed=job.seed,
+        width=job.width,
+        height=job.height,
+        steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        stack=tuple((weights[a.name], a.weight) for a in job.adapters),
+        deadline=job.deadline,
+        priority=job.priority,
+    )
+
+
 class Painter(Protocol):
     """Paints jobs; `versions` says which adapter versions it will paint them with."""
 
@@ -125,18 +142,7 @@ class LocalPainter:
                     f"adapter '{adapter.name}' is at version {weights[adapter.name].version} here but the "
                     f"request was planned with {adapter.version}; its file changed during the request, retry"
                 )
-        cover_job = CoverJob(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            seed=job.seed,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            guidance_scale=job.guidance_scale,
-            stack=tuple((weights[a.name], a.weight) for a in job.adapters),
-            deadline=job.deadline,
-            priority=job.priority,
-        )
+        cover_job = engine_job(job, weights)
         pixels = await self.engine.submit(cover_job)
         finished = time.monotonic()
         started = cover_job.started_at or finished

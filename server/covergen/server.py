@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -38,14 +37,12 @@ from covergen.hot_covers import HotCoverObserver, HotCovers
 from covergen.metrics import Metrics
 from covergen.models import LoadedBase, load_base_model
 from covergen.painters import LocalPainter, Painter
-from covergen.prompts import PromptBuilder
+from covergen.planning import load_styles
 from covergen.redis_server import EmbeddedRedis
-from covergen.regions import RegionResolver
 from covergen.requests import Limits
 from covergen.rpc import CallEdge, ServingState
 from covergen.service import SERVICE_NAMES, AdminServicer, CoverServicer
 from covergen.settings import Settings
-from covergen.styles import StyleLibrary
 from covergen.v1 import cover_pb2 as pb
 from covergen.v1 import cover_pb2_grpc as pb_grpc
 
@@ -84,25 +81,6 @@ class _MetricsObserver(EngineObserver, RegistryObserver, HotCoverObserver):
 
     def hot_size(self, entries: int, nbytes: int) -> None:
         self.metrics.set_hot_size(entries, nbytes)
-
-
-def load_styles(styles_dir: Path, count_tokens: object | None = None, translator: object | None = None):
-    """Read style cards, the regions table, the glossary, landmarks and tone guard from `styles_dir`
-    (`translator`: a loaded MarianTranslator, or None for the dictionary path)."""
-    if not styles_dir.is_dir():
-        raise ConfigError(f"styles directory {styles_dir} does not exist; set COVERGEN_STYLES_DIR")
-    library = StyleLibrary.load(styles_dir)
-    resolver = RegionResolver.load(styles_dir / "regions.yaml", library)
-    prompts = PromptBuilder.load(
-        styles_dir / "glossary.yaml",
-        count_tokens=count_tokens,  # type: ignore[arg-type]
-        reserved_words=library.trigger_words(),
-        translator=translator,  # type: ignore[arg-type]
-    )
-    if prompts.tone_guard is not None:
-        prompts.tone_guard.check_styles(library)
-    prompts.warm_up()  # jieba's dictionary: ~2 s here rather than on the first request
-    return library, resolver, prompts
 
 
 @dataclass

@@ -37,10 +37,9 @@ SHEET_THEMES = (
 def render_contact_sheet(model: Path, styles_dir: Path, out: Path, seeds: int = 4) -> Path:
     """A PNG grid: one row per region (and per region + theme), `seeds` covers each, 2x upscaled,
     with the drawn-scene classifier's verdict under every cover. Covers are painted as the service
-    paints them: the region's prompt and its stack of the adapters found in `styles_dir`."""
+    paints them: the service's plan (prompt and stack) with the adapter files of `styles_dir`."""
     base = load_base_model(str(model), cache_dir=default_cache_dir(), device="cpu", dtype="fp32")
-    adapters = {path.parent.name: path for path in sorted(styles_dir.glob("*/adapter.safetensors"))}
-    painter = RegionPainter(base, styles_dir, adapters)
+    painter = RegionPainter(base, styles_dir)
     rows: list[tuple[str, str, tuple[str, ...]]] = [(label, region, ()) for label, region in SHEET_REGIONS]
     rows += [(label, region, (theme,)) for label, region, theme in SHEET_THEMES]
     cell, label_width, caption = 128, 130, 12

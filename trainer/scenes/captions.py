@@ -4,7 +4,10 @@ Half of a regional scene's captions are built by the service's own `PromptBuilde
 style cards and a random title of glossary terms, so the base model is trained on exactly the
 prompts `GenerateCover` produces (trigger words, template parts, overlay parts). The other half
 are short English variants written here, each led by the card's trigger words, so a style is
-tied to its trigger words and not only to one template string. The tiny frozen text encoder
+tied to its trigger words and not only to one template string.
+Captions call `PromptBuilder.build` for an explicit stack rather than `CoverPlanner`: a caption
+describes the drawn scene of that stack, and the planner's tone guard would swap the stack for
+the restrained default on a sensitive glossary term (measured: 56 of 8400 captions). The tiny frozen text encoder
 makes similar captions embed alike, so the variants are kept lexically distinct per style.
 """
 
@@ -17,6 +20,10 @@ import numpy as np
 
 from covergen.prompts import PromptBuilder, load_glossary
 from covergen.styles import StyleCard, StyleLibrary
+
+# "today": a title with no paintable words, so the prompt carries the card's neutral subject
+# (the service refuses an empty title; the prompt is the one an empty title gets)
+NEUTRAL_TITLE = "今日"
 
 # Per style: what is drawn, in words; the card's trigger words are put in front.
 CAPTION_VARIANTS: dict[str, tuple[str, ...]] = {
