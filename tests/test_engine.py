@@ -24,6 +24,7 @@ import pytest
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from safetensors.torch import save_file
+from waiting import eventually
 
 from covergen.adapters.files import LoraWeights, read_lora_file
 from covergen.engine.batcher import Engine, EngineObserver
@@ -547,13 +548,16 @@ class BatchLog(EngineObserver):
         self.sizes.append(size)
 
 
-@contextmanager
-def running_engine(denoiser: Denoiser, **options: float) -> Iterator[tuple[Engine, BatchLog]]:
+async def run_queued(denoiser: Denoiser, jobs: Sequence[CoverJob], max_batch: int) -> tuple[list[np.ndarray], BatchLog]:
+    """Every job queued before the worker starts (and no gathering window): what the engine
+    batches then depends only on batch keys and `max_batch`, never on this machine's speed."""
     log = BatchLog()
-    engine = Engine(denoiser, observer=log, **options)  # type: ignore[arg-type]
+    engine = Engine(denoiser, observer=log, max_batch=max_batch, max_wait_ms=0.0)
+    submitted = [asyncio.ensure_future(engine.submit(j)) for j in jobs]
+    await eventually(lambda: engine.depth == len(jobs), "every job is queued")
     engine.start()
     try:
-        yield engine, log
+        return list(await asyncio.gather(*submitted)), log
     finally:
         engine.close(timeout=30)
 
@@ -570,9 +574,7 @@ async def test_engine_batches_concurrent_jobs_and_each_equals_its_solo_run(
         job(74, (), prompt="mountain village, morning fog"),
     ]
     solo = [run(denoiser, [j]).images[0] for j in jobs]
-    # a long window: the batch closes as soon as it is full, so this only guards a slow machine
-    with running_engine(denoiser, max_batch=4, max_wait_ms=2000.0) as (engine, log):
-        images = await asyncio.gather(*(engine.submit(j) for j in jobs))
+    images, log = await run_queued(denoiser, jobs, max_batch=4)
     assert log.sizes == [4]
     for got, want in zip(images, solo, strict=True):
         assert pixel_diff(got, want) <= MAX_PIXEL_DIFF
@@ -589,9 +591,8 @@ async def test_engine_batches_only_jobs_with_the_same_size_and_steps(
         job(84, ((weights["b"], 1.0),), steps=STEPS + 1),
     ]
     solo = [run(denoiser, [j]).images[0] for j in jobs]
-    with running_engine(denoiser, max_batch=8, max_wait_ms=300.0) as (engine, log):
-        images = await asyncio.gather(*(engine.submit(j) for j in jobs))
-    assert sorted(log.sizes) == [2, 2]
+    images, log = await run_queued(denoiser, jobs, max_batch=8)
+    assert log.sizes == [2, 2]  # (81, 83) at STEPS, then (82, 84) at STEPS + 1
     for got, want in zip(images, solo, strict=True):
         assert pixel_diff(got, want) <= MAX_PIXEL_DIFF
 

@@ -234,7 +234,10 @@ def test_single_file_round_trip_matches_directory_load(
         reloaded = getattr(loaded.pipeline, name).state_dict()
         assert set(reloaded) == set(original), name
         assert all(torch.equal(original[k], reloaded[k]) for k in original), name
-    np.testing.assert_allclose(_generate(loaded), _generate(embedded), atol=1e-5)
+    # The weights are bit-equal (above, the claim itself); the images then differ only by float
+    # rounding of the two loaded pipelines: measured 0 in a fresh process (2/4/8 steps, torch
+    # threads 1 and 2) and 2.5e-6 inside this module. 1e-4: 40x that, 1/40 of one 8-bit level.
+    np.testing.assert_allclose(_generate(loaded), _generate(embedded), atol=1e-4)
 
 
 def test_explicit_config_dir_overrides_the_embedded_configs(

@@ -53,6 +53,10 @@ def test_lean_forward_matches_peft_and_restores_it(tmp_path: Path, alpha: float)
         assert switched == len(layers) > 0
         lean_loss, lean_grads = loss_and_grads(unet)
     assert len(lean_grads) == len(peft_grads) == 2 * len(layers)
+    # Measured over batches 1/2/4/8, alpha 4/8, torch threads 1/2: loss difference 0, gradient
+    # difference at most 3.7e-9 absolute (all inside atol alone). Tolerances: loss rtol 1e-6
+    # (8 float32 ulps: another CPU may reduce in another order), gradients atol 1e-7 (27x the
+    # measured spread) with rtol 1e-5 for the larger entries.
     torch.testing.assert_close(lean_loss, peft_loss, rtol=1e-6, atol=1e-7)
     for lean, peft in zip(lean_grads, peft_grads, strict=True):
         torch.testing.assert_close(lean, peft, rtol=1e-5, atol=1e-7)
