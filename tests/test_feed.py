@@ -15,12 +15,13 @@ import logging
 import re
 import shutil
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from waiting import eventually
 
 from covergen.feed.arms import ArmAssigner, Experiment, bucket
 from covergen.feed.prepare import every_region_tag
@@ -60,19 +61,6 @@ async def held_engine(service: Any) -> AsyncIterator[threading.Event]:
         yield gate
     finally:
         gate.set()
-
-
-async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    """Wait for a condition, re-checked every 10 ms, failing after WAIT_S."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while True:
-        result = predicate()
-        if await result if asyncio.iscoroutine(result) else result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up after {WAIT_S:.0f} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +132,7 @@ async def test_budget_answers_with_a_fallback_under_a_backlog_then_the_cover_is_
     title = "西湖边的早茶新店开张"
     async with held_engine(feed_service) as gate:
         backlog = [asyncio.create_task(cover(feed, region="成都", title=f"火锅节第{i}天")) for i in range(3)]
-        await until(lambda: feed_service.engine.depth >= 3, "the backlog to reach the engine")
+        await eventually(lambda: feed_service.engine.depth >= 3, "the backlog reaching the engine", WAIT_S)
         reply = await cover(feed, region="杭州", title=title, budget_ms=300)
         # the engine is held: the only way to answer was without the regional cover
         assert not gate.is_set() and not any(task.done() for task in backlog)
@@ -175,7 +163,7 @@ async def test_full_queue_with_a_budget_is_an_overloaded_fallback(
         def queue_refused() -> bool:
             return any(t.done() and isinstance(t.exception(), grpc.aio.AioRpcError) for t in flood)
 
-        await until(queue_refused, "the admission queue to refuse a call")
+        await eventually(queue_refused, "the admission queue refusing a call", WAIT_S)
         reply = await cover(feed, region="杭州", title="满员测试", budget_ms=300)
         assert reply.fallback and reply.fallback_reason == "overloaded"
         assert reply.image
@@ -246,7 +234,7 @@ async def test_engine_admits_live_then_background_then_prepare_jobs(feed_service
         for name, priority in order:  # submitted in this order: the prepare jobs are the oldest
             jobs[name] = CoverJob("a cover", "", 1, 64, 64, 2, 5.0, priority=Priority(priority))
         runs = [asyncio.create_task(engine.submit(job)) for job in jobs.values()]
-        await until(lambda: engine.depth >= len(jobs), "every job to be queued behind the gate")
+        await eventually(lambda: engine.depth >= len(jobs), "every job queued behind the gate", WAIT_S)
         jobs["demoted"].priority.demote(PREPARE)  # while it waits, as a budgeted call does
         gate.set()
         await asyncio.gather(*runs)
@@ -347,7 +335,7 @@ async def test_prepare_dedupes_fills_the_cache_and_dead_letters_the_broken_style
         now = await feed.PrepareCovers(pb.PrepareCoversRequest(title=title, count_only=True), timeout=WAIT_S)
         return now.cached + now.failed == report.covers
 
-    await until(settled, "every prepared cover to be cached or dead-lettered")
+    await eventually(settled, "every prepared cover cached or dead-lettered", WAIT_S)
     done = await feed.PrepareCovers(pb.PrepareCoversRequest(title=title, count_only=True), timeout=WAIT_S)
     assert done.failed >= 1 and done.cached == report.covers - done.failed
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from waiting import eventually
 
 from covergen.redis_server import free_loopback_port
 
@@ -181,11 +182,9 @@ async def test_killed_replica_jobs_are_finished_by_the_other_once_each(
         assert code == 0 and queued["queued"] == queued["covers"] > 5
 
         assert a.process is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAIT_S
-        while len(pending_of(client, a.process.pid)[1]) < 2:  # A is in the middle of its jobs
-            assert loop.time() < deadline, "replica A never took two jobs"
-            await asyncio.sleep(0.005)
+        pid = a.process.pid
+        # A is in the middle of its jobs
+        await eventually(lambda: len(pending_of(client, pid)[1]) >= 2, "replica A taking two jobs", WAIT_S)
         a.process.send_signal(signal.SIGKILL)
         await a.process.wait()
         name, held = pending_of(client, a.process.pid)
@@ -214,9 +213,5 @@ async def test_killed_replica_jobs_are_finished_by_the_other_once_each(
 async def _until_writes_settle(client: redis.Redis, writes: Counter[str], covers: int) -> None:
     """Keyspace events travel on their own connection: wait until the listener saw every stored key."""
     stored = {k for k in client.scan_iter("covergen:v1:*")}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not stored <= set(writes):
-        assert loop.time() < deadline, "keyspace events for stored covers never arrived"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: stored <= set(writes), "keyspace events arriving for every stored cover", WAIT_S)
     assert len(stored) == covers
