@@ -548,6 +548,17 @@ class BatchLog(EngineObserver):
         self.sizes.append(size)
 
 
+@contextmanager
+def running_engine(denoiser: Denoiser, **options: float) -> Iterator[tuple[Engine, BatchLog]]:
+    log = BatchLog()
+    engine = Engine(denoiser, observer=log, **options)  # type: ignore[arg-type]
+    engine.start()
+    try:
+        yield engine, log
+    finally:
+        engine.close(timeout=30)
+
+
 async def run_queued(denoiser: Denoiser, jobs: Sequence[CoverJob], max_batch: int) -> tuple[list[np.ndarray], BatchLog]:
     """Every job queued before the worker starts (and no gathering window): what the engine
     batches then depends only on batch keys and `max_batch`, never on this machine's speed."""
