@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,20 +106,45 @@ def two_replicas(styles_dir: Path, redis_server, model_cache_dir: Path) -> Itera
         targets.append(f"127.0.0.1:{port}")
     try:
         for target, process in zip(targets, processes, strict=True):
-            channel = grpc.insecure_channel(target)
-            try:
-                grpc.channel_ready_future(channel).result(timeout=120)
-            except grpc.FutureTimeoutError:
-                process.kill()
-                pytest.fail(f"replica {target} did not start: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            finally:
-                channel.close()
+            _wait_until_ready(target, process)
         yield targets
     finally:
-        for process in processes:
+        running = [process for process in processes if process.poll() is None]
+        for process in running:
             process.terminate()
-        for process in processes:
-            assert process.wait(timeout=60) == 0
+        for process in running:
+            assert process.wait(timeout=120) == 0
+
+
+# A bound on a condition, not a speed claim: two model-loading servers started at load ~14 on two
+# cores took over 120 s to accept; a replica that exits fails the wait at once with its log.
+REPLICA_START_TIMEOUT_S = 600.0
+
+
+def _wait_until_ready(target: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + REPLICA_START_TIMEOUT_S
+    channel = grpc.insecure_channel(target)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"replica {target} exited with {process.returncode}: {_stderr_tail(process)}")
+            try:
+                grpc.channel_ready_future(channel).result(timeout=5)
+                return
+            except grpc.FutureTimeoutError:
+                continue
+    finally:
+        channel.close()
+    process.kill()
+    process.wait()
+    pytest.fail(
+        f"replica {target} did not accept within {REPLICA_START_TIMEOUT_S} s: {_stderr_tail(process)}"
+    )
+
+
+def _stderr_tail(process: subprocess.Popen[bytes]) -> str:
+    assert process.stderr is not None
+    return process.stderr.read().decode(errors="replace")[-2000:]
 
 
 async def test_two_replicas_share_one_cache(two_replicas: list[str]) -> None:
